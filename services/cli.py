@@ -1,0 +1,85 @@
+"""`kbatch`: one command line for the broker, topics and every service."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import typer
+from confluent_kafka.admin import AdminClient
+
+from services.kafka import local_broker
+from services.kafka.topics import describe_topics, ensure_topics, topic_catalog
+from services.settings import CommonSettings
+
+app = typer.Typer(help="kbatch: batch LLM inference over Apache Kafka", no_args_is_help=True)
+kafka_app = typer.Typer(help="A local single-node KRaft broker from Maven Central jars")
+topics_app = typer.Typer(help="Create and inspect kbatch's topics")
+app.add_typer(kafka_app, name="kafka")
+app.add_typer(topics_app, name="topics")
+
+
+def _layout(home: Path | None, port: int) -> local_broker.BrokerLayout:
+    home = home or Path(os.environ.get("KBATCH_KAFKA_HOME", ".kbatch/kafka"))
+    return local_broker.BrokerLayout(home.resolve(), port=port, controller_port=port + 1)
+
+
+HomeOption = typer.Option(None, help="state directory (default $KBATCH_KAFKA_HOME or .kbatch/kafka)")
+PortOption = typer.Option(9092, help="client port; the controller uses port+1")
+
+
+@kafka_app.command("up")
+def kafka_up(home: Path | None = HomeOption, port: int = PortOption) -> None:
+    """Fetch jars (cached), format storage, start the broker; return once it answers."""
+    bootstrap = local_broker.up(_layout(home, port))
+    typer.echo(f"kafka up at {bootstrap}")
+
+
+@kafka_app.command("down")
+def kafka_down(home: Path | None = HomeOption, port: int = PortOption) -> None:
+    """Stop the broker cleanly."""
+    stopped = local_broker.down(_layout(home, port))
+    typer.echo("kafka stopped" if stopped else "kafka was not running")
+
+
+@kafka_app.command("status")
+def kafka_status(home: Path | None = HomeOption, port: int = PortOption) -> None:
+    """Say whether the broker runs and answers; exit 1 if not."""
+    layout = _layout(home, port)
+    pid = local_broker.running_pid(layout)
+    answering = local_broker.answers_metadata(layout.bootstrap)
+    typer.echo(json.dumps({"pid": pid, "bootstrap": layout.bootstrap, "answering": answering}))
+    if not answering:
+        raise typer.Exit(1)
+
+
+def _admin(settings: CommonSettings) -> AdminClient:
+    return AdminClient(settings.kafka_config())
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create every kbatch topic (idempotent)."""
+    settings = CommonSettings()
+    outcome = ensure_topics(
+        _admin(settings), topic_catalog(settings.topics), settings.topics.replication_factor
+    )
+    for name, state in outcome.items():
+        typer.echo(f"{name}: {state}")
+
+
+@topics_app.command("describe")
+def topics_describe() -> None:
+    """Show each catalog topic with its partitions on the broker."""
+    settings = CommonSettings()
+    for row in describe_topics(_admin(settings), topic_catalog(settings.topics)):
+        typer.echo(json.dumps(row))
+
+
+@app.command("ingest")
+def ingest() -> None:
+    """Run the ingest HTTP service (settings from KBATCH_* env vars)."""
+    from services.ingest.main import run
+
+    run()

@@ -1,0 +1,1 @@
+"""Ingest: validates batch lines and publishes them to the requests topic."""

@@ -1,0 +1,144 @@
+"""The ingest HTTP service (Starlette): upload request lines for a job."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from services.ingest import metrics
+from services.ingest.ledger import JobLedger
+from services.ingest.settings import IngestSettings
+from services.ingest.upload import Publishing, Upload
+from services.ingest.validation import Limits, RequestContext
+from services.kafka.lag import BacklogMonitor
+from services.kafka.producer import AsyncProducer
+from services.lanes import Lane
+from services.logs import get_logger
+from services.ops_http import ops_routes
+
+log = get_logger("ingest")
+_JOB_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+def _error(
+    status: int, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"message": message, **extra}}, status_code=status, headers=headers
+    )
+
+
+class IngestService:
+    """Holds the producer, backlog monitor and ledger for the app's lifetime."""
+
+    def __init__(self, settings: IngestSettings) -> None:
+        self.settings = settings
+        self.options = settings.ingest
+        self.publishing: Publishing | None = None
+        self.uploads_in_flight = 0
+
+    @asynccontextmanager
+    async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        topics = self.settings.topics
+        producer_config = self.settings.kafka_config(
+            **{"linger.ms": 5, "compression.type": "lz4", "client.id": "kbatch-ingest"}
+        )
+        backlog = BacklogMonitor(
+            self.settings.kafka_config(),
+            topics.requests,
+            self.settings.inference_group,
+            topics.lane_layout(),
+            self.options.backlog_refresh_s,
+        )
+        with AsyncProducer(producer_config) as producer:
+            await asyncio.to_thread(backlog.start)
+            self.publishing = Publishing(
+                producer=producer,
+                backlog=backlog,
+                ledger=JobLedger(self.options.tracked_jobs),
+                topic=topics.requests,
+                layout=topics.lane_layout(),
+                options=self.options,
+                limits=Limits(frozenset(self.options.served_models), self.options.max_max_tokens),
+            )
+            log.info("ingest ready", topic=topics.requests, models=list(self.options.served_models))
+            try:
+                yield
+            finally:
+                backlog.stop()
+                log.info("ingest stopping: flushing producer")
+        # Leaving the producer's context flushed every queued record.
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        if self.publishing is None:
+            return False, {"reason": "starting"}
+        error = self.publishing.backlog.last_error
+        for lane in Lane:
+            measured = self.publishing.backlog.backlog(lane)
+            if measured is not None:
+                metrics.LANE_BACKLOG.labels(lane.value).set(measured)
+        return error is None, {"backlog_error": error, "uploads_in_flight": self.uploads_in_flight}
+
+    async def upload(self, request: Request) -> Response:
+        if self.publishing is None:
+            return _error(503, "ingest is starting")
+        job_id = request.path_params["job_id"]
+        if not _JOB_ID.match(job_id):
+            return _error(400, "job id must match [A-Za-z0-9_.:-]{1,128}")
+        try:
+            lane = Lane(request.query_params.get("priority", Lane.NORMAL.value))
+            first_line = int(request.query_params.get("first_line", "1"))
+        except ValueError as exc:
+            return _error(400, f"bad query parameter: {exc}")
+        if self.uploads_in_flight >= self.options.max_uploads_in_flight:
+            metrics.BACKPRESSURE_REFUSALS.labels("uploads_in_flight").inc()
+            return _error(
+                429,
+                f"{self.uploads_in_flight} uploads in flight, the limit",
+                headers={"Retry-After": str(self.options.retry_after_s)},
+                resume_from_line=first_line,
+            )
+        tenant = request.headers.get("x-kbatch-tenant", self.options.default_tenant)
+        context = RequestContext(job_id, tenant, lane, int(time.time() * 1000))
+        self.uploads_in_flight += 1
+        metrics.UPLOADS_IN_FLIGHT.inc()
+        try:
+            outcome = await Upload(self.publishing, context, first_line).run(request.stream())
+        finally:
+            self.uploads_in_flight -= 1
+            metrics.UPLOADS_IN_FLIGHT.dec()
+        body = outcome.to_json(self.options.max_rejections_listed)
+        log.info(
+            "upload done",
+            job_id=job_id,
+            lane=lane.value,
+            accepted=outcome.accepted,
+            rejected=len(outcome.rejections),
+            refused=outcome.refusal.reason if outcome.refusal else None,
+        )
+        if outcome.failed_chunks:
+            return JSONResponse(body, status_code=503)
+        if outcome.refusal is not None:
+            headers = {"Retry-After": str(self.options.retry_after_s)}
+            return JSONResponse(body, status_code=429, headers=headers)
+        return JSONResponse(body)
+
+
+def create_app(settings: IngestSettings) -> Starlette:
+    service = IngestService(settings)
+    routes = [
+        Route("/v1/jobs/{job_id}/requests", service.upload, methods=["POST"]),
+        *ops_routes(service.health),
+    ]
+    app = Starlette(routes=routes, lifespan=service.lifespan)
+    app.state.service = service
+    return app

@@ -1,0 +1,24 @@
+"""Prometheus metrics of the ingest service."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LINES_ACCEPTED = Counter(
+    "kbatch_ingest_lines_accepted_total", "Request lines published and acknowledged", ["lane"]
+)
+LINES_REJECTED = Counter(
+    "kbatch_ingest_lines_rejected_total", "Request lines refused, by reason", ["reason"]
+)
+BACKPRESSURE_REFUSALS = Counter(
+    "kbatch_ingest_backpressure_refusals_total", "Uploads answered 429, by cause", ["cause"]
+)
+PUBLISH_SECONDS = Histogram(
+    "kbatch_ingest_publish_seconds",
+    "Time from handing a chunk to the producer to its acknowledgement",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+UPLOADS_IN_FLIGHT = Gauge("kbatch_ingest_uploads_in_flight", "Uploads being processed")
+LANE_BACKLOG = Gauge(
+    "kbatch_ingest_lane_backlog_requests", "Unconsumed requests per lane, as ingest sees it", ["lane"]
+)

@@ -1,0 +1,43 @@
+"""Ingest settings: `KBATCH_INGEST__*` plus the shared `KBATCH_*` options."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.settings import CommonSettings
+
+
+class IngestOptions(BaseModel):
+    """Limits and behaviour of the ingest service."""
+
+    model_config = ConfigDict(frozen=True)
+
+    http_host: str = Field("127.0.0.1", description="address the HTTP server binds")
+    http_port: int = Field(8080, description="HTTP port")
+    served_models: tuple[str, ...] = Field(
+        ("kbatch-sim",), description="models the deployment serves (JSON list)"
+    )
+    max_lines_per_job: int = Field(50_000, ge=1, description="lines accepted per job")
+    max_line_bytes: int = Field(1_000_000, ge=64, description="bytes per request line")
+    max_max_tokens: int = Field(32_768, ge=1, description="largest max_tokens a line may ask")
+    max_uploads_in_flight: int = Field(16, ge=1, description="concurrent uploads before 429")
+    lane_backlog_limit: int = Field(
+        200_000, ge=1, description="unconsumed requests per lane before 429"
+    )
+    producer_queue_limit: int = Field(
+        100_000, ge=1, description="records in the producer's local queue before 429"
+    )
+    retry_after_s: int = Field(5, ge=1, description="Retry-After seconds on 429")
+    backlog_refresh_s: float = Field(0.5, gt=0, description="how often the backlog is measured")
+    chunk_lines: int = Field(500, ge=1, description="lines admitted and published together")
+    max_rejections_listed: int = Field(1_000, ge=1, description="rejections listed per response")
+    tracked_jobs: int = Field(
+        1_000, ge=1, description="jobs whose custom_ids are remembered for duplicate checks"
+    )
+    default_tenant: str = Field("default", description="tenant when the request names none")
+
+
+class IngestSettings(CommonSettings):
+    """Everything the ingest process reads from its environment."""
+
+    ingest: IngestOptions = Field(default_factory=IngestOptions)

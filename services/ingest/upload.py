@@ -1,0 +1,199 @@
+"""One upload: stream lines in, validate, admit by chunk, publish, confirm delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.codec import REQUEST, codec
+from services.ingest import metrics
+from services.ingest.backpressure import Admission, admit
+from services.ingest.ledger import JobLedger
+from services.ingest.lines import LineSplitter, RawLine
+from services.ingest.settings import IngestOptions
+from services.ingest.validation import Limits, Rejection, RequestContext, parse_line
+from services.kafka.lag import BacklogMonitor
+from services.kafka.producer import AsyncProducer, DeliveryBatch
+from services.lanes import LaneLayout
+
+
+_MAX_UNCONFIRMED_CHUNKS = 8
+
+
+@dataclass
+class _Chunk:
+    first_line: int
+    last_line: int
+    custom_ids: list[str]
+    batch: DeliveryBatch | None = None
+    started: float = 0.0
+
+
+@dataclass
+class UploadOutcome:
+    """What happened to an upload; becomes the HTTP response body."""
+
+    job_id: str
+    priority: str
+    lines: int = 0
+    accepted: int = 0
+    rejections: list[Rejection] = field(default_factory=list)
+    refusal: Admission | None = None
+    resume_from_line: int | None = None
+    failed_chunks: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self, max_listed: int) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "job_id": self.job_id,
+            "priority": self.priority,
+            "lines": self.lines,
+            "accepted": self.accepted,
+            "rejected_count": len(self.rejections),
+            "rejected": [
+                {"line": r.line, "custom_id": r.custom_id, "code": r.code, "reason": r.reason}
+                for r in self.rejections[:max_listed]
+            ],
+            "rejected_truncated": len(self.rejections) > max_listed,
+        }
+        if self.refusal is not None:
+            body["refused"] = {"reason": self.refusal.reason, "detail": self.refusal.detail}
+            body["resume_from_line"] = self.resume_from_line
+        if self.failed_chunks:
+            body["failed_chunks"] = self.failed_chunks
+        return body
+
+
+@dataclass(frozen=True)
+class Publishing:
+    """The long-lived parts an upload publishes through."""
+
+    producer: AsyncProducer
+    backlog: BacklogMonitor
+    ledger: JobLedger
+    topic: str
+    layout: LaneLayout
+    options: IngestOptions
+    limits: Limits
+
+
+class Upload:
+    """Processes one streamed upload for one job."""
+
+    def __init__(self, publishing: Publishing, context: RequestContext, first_line: int) -> None:
+        self._p = publishing
+        self._context = context
+        self._first_line = first_line
+        self._splitter = LineSplitter(publishing.options.max_line_bytes, first_line)
+        self._codec = codec(REQUEST)
+        self._pending: list[tuple[int, str, bytes, bytes]] = []
+        self._chunks: list[_Chunk] = []
+        self.outcome = UploadOutcome(context.job_id, context.priority.value)
+
+    async def run(self, body: AsyncIterator[bytes]) -> UploadOutcome:
+        async for piece in body:
+            if self.outcome.refusal is not None:
+                continue  # drain the rest of the body unread; nothing more is published
+            await self._take_lines(self._splitter.feed(piece))
+        if self.outcome.refusal is None:
+            await self._take_lines(self._splitter.finish())
+            await self._publish_pending()
+        await self._confirm()
+        return self.outcome
+
+    async def _take_lines(self, lines: list[RawLine]) -> None:
+        for raw in lines:
+            if self.outcome.refusal is not None:
+                return
+            self.outcome.lines += 1
+            self._take(raw)
+            if len(self._pending) >= self._p.options.chunk_lines:
+                await self._publish_pending()
+
+    def _reject(self, rejection: Rejection) -> None:
+        self.outcome.rejections.append(rejection)
+        metrics.LINES_REJECTED.labels(rejection.code).inc()
+
+    def _take(self, raw: RawLine) -> None:
+        options, job_id = self._p.options, self._context.job_id
+        if raw.data is None:
+            reason = f"line is {raw.size} bytes, the limit is {options.max_line_bytes}"
+            self._reject(Rejection(raw.number, "line_too_long", reason))
+            return
+        if self._p.ledger.count(job_id) >= options.max_lines_per_job:
+            reason = f"the job already has {options.max_lines_per_job} lines, the limit"
+            self._reject(Rejection(raw.number, "too_many_lines", reason))
+            return
+        parsed = parse_line(raw.number, raw.data, self._context, self._p.limits)
+        if isinstance(parsed, Rejection):
+            self._reject(parsed)
+            return
+        custom_id = parsed["custom_id"]
+        if not self._p.ledger.claim(job_id, custom_id):
+            reason = f"custom_id {custom_id!r} already used in job {job_id}"
+            self._reject(Rejection(raw.number, "duplicate_custom_id", reason, custom_id))
+            return
+        key = parsed["request_id"].encode()
+        self._pending.append((raw.number, custom_id, key, self._codec.encode(parsed)))
+
+    async def _publish_pending(self) -> None:
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        lane = self._context.priority
+        chunk = _Chunk(pending[0][0], pending[-1][0], [custom_id for _, custom_id, _, _ in pending])
+        backlog = self._p.backlog.backlog(lane)
+        admission = (
+            Admission(False, "backlog_unknown", "the requests backlog cannot be measured")
+            if backlog is None
+            else admit(
+                backlog,
+                self._p.options.lane_backlog_limit,
+                self._p.producer.queued(),
+                self._p.options.producer_queue_limit,
+            )
+        )
+        if not admission.admitted:
+            self._refuse(admission, chunk)
+            return
+        chunk.batch = DeliveryBatch(asyncio.get_running_loop())
+        chunk.started = time.perf_counter()
+        for _, _, key, value in pending:
+            partition = self._p.layout.partition_for(lane, key)
+            await self._p.producer.produce(chunk.batch, self._p.topic, value, key, partition)
+        self._p.backlog.note_published(lane, len(pending))
+        self._chunks.append(chunk)
+        # Pipelined, but bounded: an upload never holds more than a few chunks unconfirmed.
+        await self._confirm(keep_outstanding=_MAX_UNCONFIRMED_CHUNKS)
+
+    def _refuse(self, admission: Admission, chunk: _Chunk) -> None:
+        """Nothing from this chunk on is published; rejections past it are withdrawn."""
+        self.outcome.refusal = admission
+        self.outcome.resume_from_line = chunk.first_line
+        self.outcome.rejections = [r for r in self.outcome.rejections if r.line < chunk.first_line]
+        self.outcome.lines = chunk.first_line - self._first_line
+        self._p.ledger.release(self._context.job_id, chunk.custom_ids)
+        metrics.BACKPRESSURE_REFUSALS.labels(admission.reason or "unknown").inc()
+
+    async def _confirm(self, keep_outstanding: int = 0) -> None:
+        """Wait for the oldest chunks' acknowledgements until at most `keep_outstanding` remain."""
+        while len(self._chunks) > keep_outstanding:
+            chunk = self._chunks.pop(0)
+            assert chunk.batch is not None
+            await chunk.batch.wait()
+            metrics.PUBLISH_SECONDS.observe(time.perf_counter() - chunk.started)
+            self.outcome.accepted += chunk.batch.delivered
+            metrics.LINES_ACCEPTED.labels(self._context.priority.value).inc(chunk.batch.delivered)
+            if chunk.batch.failed:
+                self._p.ledger.release(self._context.job_id, chunk.custom_ids)
+                self.outcome.failed_chunks.append(
+                    {
+                        "first_line": chunk.first_line,
+                        "last_line": chunk.last_line,
+                        "delivered": chunk.batch.delivered,
+                        "failed": chunk.batch.failed,
+                        "error": chunk.batch.first_error,
+                    }
+                )

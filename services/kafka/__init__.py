@@ -1,0 +1,1 @@
+"""Kafka plumbing shared by every service: admin, producer, local broker."""

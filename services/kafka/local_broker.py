@@ -1,0 +1,216 @@
+"""A single-node KRaft Kafka broker assembled from Maven Central jars.
+
+Used by `kbatch kafka up|down|status`, the test session and the demo. The jars
+are copied once per Kafka version into the state directory; Maven's own
+repository cache (~/.m2) makes later copies local.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
+from services.errors import ConfigurationError, KafkaUnavailableError
+from services.resources import data_dir
+
+
+@dataclass(frozen=True)
+class BrokerLayout:
+    """Where one local broker keeps its jars, data, logs and pid."""
+
+    home: Path
+    host: str = "127.0.0.1"
+    port: int = 9092
+    controller_port: int = 9093
+
+    @property
+    def jars(self) -> Path:
+        return self.home / "jars"
+
+    @property
+    def data(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def logs(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def config(self) -> Path:
+        return self.home / "server.properties"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "broker.pid"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def fetch_jars(layout: BrokerLayout) -> Path:
+    """Copy Kafka and its runtime dependencies from Maven Central (cached)."""
+    marker = layout.jars / ".complete"
+    pom = data_dir("kafka") / "pom.xml"
+    if marker.exists() and marker.read_text() == pom.read_text():
+        return layout.jars
+    if shutil.which("mvn") is None:
+        raise ConfigurationError("Maven (mvn) is needed to fetch the Kafka jars")
+    if layout.jars.exists():
+        shutil.rmtree(layout.jars)
+    layout.jars.mkdir(parents=True)
+    command = [
+        "mvn",
+        "-q",
+        "-B",
+        "-f",
+        str(pom),
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={layout.jars}",
+        "-DincludeScope=runtime",
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    if completed.returncode != 0:
+        raise ConfigurationError(f"mvn failed:\n{completed.stdout}\n{completed.stderr}")
+    marker.write_text(pom.read_text())
+    return layout.jars
+
+
+def _java_command(layout: BrokerLayout, main_class: str, *args: str) -> list[str]:
+    return [
+        "java",
+        "-Xms256m",
+        "-Xmx1g",
+        "-XX:+UseG1GC",
+        f"-Dkafka.logs.dir={layout.logs}",
+        f"-Dlog4j2.configurationFile={data_dir('kafka') / 'log4j2.properties'}",
+        "-cp",
+        f"{layout.jars}/*",
+        main_class,
+        *args,
+    ]
+
+
+def _write_config(layout: BrokerLayout) -> None:
+    template = Template((data_dir("kafka") / "server.properties.template").read_text())
+    layout.config.write_text(
+        template.substitute(
+            host=layout.host,
+            port=layout.port,
+            controller_port=layout.controller_port,
+            data_dir=layout.data,
+        )
+    )
+
+
+def format_storage(layout: BrokerLayout) -> None:
+    """Format KRaft storage once; an already formatted directory is kept."""
+    if (layout.data / "meta.properties").exists():
+        return
+    layout.data.mkdir(parents=True, exist_ok=True)
+    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    command = _java_command(
+        layout,
+        "kafka.tools.StorageTool",
+        "format",
+        "--standalone",
+        "-t",
+        cluster_id,
+        "-c",
+        str(layout.config),
+    )
+    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    if completed.returncode != 0:
+        raise ConfigurationError(f"storage format failed:\n{completed.stdout}{completed.stderr}")
+
+
+def running_pid(layout: BrokerLayout) -> int | None:
+    """The broker's pid if its process is alive."""
+    try:
+        pid = int(layout.pid_file.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        # Reap it first when it is our own child, or a dead broker looks alive as a zombie.
+        reaped, _ = os.waitpid(pid, os.WNOHANG)
+        if reaped == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def answers_metadata(bootstrap: str, timeout_s: float = 2.0) -> bool:
+    """Whether a broker at `bootstrap` answers a metadata request."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000, "log_level": 0})
+    try:
+        admin.list_topics(timeout=timeout_s)
+    except KafkaException:
+        return False
+    return True
+
+
+def up(layout: BrokerLayout, timeout_s: float = 120.0) -> str:
+    """Start the broker in the background; return its bootstrap address once it answers."""
+    if running_pid(layout) is not None and answers_metadata(layout.bootstrap):
+        return layout.bootstrap
+    for directory in (layout.home, layout.logs):
+        directory.mkdir(parents=True, exist_ok=True)
+    fetch_jars(layout)
+    _write_config(layout)
+    format_storage(layout)
+    with (layout.logs / "stdout.log").open("ab") as out:
+        process = subprocess.Popen(
+            _java_command(layout, "kafka.Kafka", str(layout.config)),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    layout.pid_file.write_text(str(process.pid))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            log = (layout.logs / "stdout.log").read_text(errors="replace")[-4000:]
+            raise KafkaUnavailableError(f"broker exited with {process.returncode}:\n{log}")
+        if answers_metadata(layout.bootstrap):
+            return layout.bootstrap
+        time.sleep(0.5)
+    down(layout)
+    raise KafkaUnavailableError(f"broker did not answer within {timeout_s}s")
+
+
+def down(layout: BrokerLayout, timeout_s: float = 30.0) -> bool:
+    """Stop the broker cleanly (SIGTERM, then SIGKILL after `timeout_s`)."""
+    pid = running_pid(layout)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if running_pid(layout) is None:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(pid, signal.SIGKILL)
+    layout.pid_file.unlink(missing_ok=True)
+    return True

@@ -1,0 +1,97 @@
+"""The topic catalog (pure) and its idempotent creation on a broker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from services.errors import TopicMismatchError
+from services.settings import TopicSettings
+
+_DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """What one topic must look like."""
+
+    name: str
+    partitions: int
+    role: str
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def topic_catalog(topics: TopicSettings) -> list[TopicSpec]:
+    """Every topic kbatch uses, with partition counts and configs."""
+    compacted = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
+    return [
+        TopicSpec(
+            topics.requests,
+            topics.lane_layout().total,
+            "requests, partitions grouped into lanes high|normal|low",
+            {"retention.ms": str(7 * _DAY_MS)},
+        ),
+        TopicSpec(
+            topics.results,
+            topics.results_partitions,
+            "results (exactly once)",
+            {"retention.ms": str(14 * _DAY_MS)},
+        ),
+        TopicSpec(
+            topics.dlq, topics.dlq_partitions, "dead letters", {"retention.ms": str(30 * _DAY_MS)}
+        ),
+        TopicSpec(topics.heartbeats, 1, "worker heartbeats", {"retention.ms": str(3600 * 1000)}),
+        TopicSpec(topics.assignments, 1, "partition assignments (compacted)", compacted),
+        TopicSpec(topics.jobs, 1, "job records (compacted)", compacted),
+    ]
+
+
+def ensure_topics(
+    admin: AdminClient, specs: list[TopicSpec], replication_factor: int = 1, timeout_s: float = 30
+) -> dict[str, str]:
+    """Create missing topics; existing ones are checked. Returns name -> created|exists."""
+    existing = admin.list_topics(timeout=timeout_s).topics
+    outcome: dict[str, str] = {}
+    missing: list[NewTopic] = []
+    for spec in specs:
+        if spec.name in existing:
+            have = len(existing[spec.name].partitions)
+            if have != spec.partitions:
+                raise TopicMismatchError(
+                    f"topic {spec.name} has {have} partitions, catalog says {spec.partitions}"
+                )
+            outcome[spec.name] = "exists"
+        else:
+            missing.append(
+                NewTopic(spec.name, spec.partitions, replication_factor, config=spec.config)
+            )
+    if missing:
+        for name, future in admin.create_topics(missing, request_timeout=timeout_s).items():
+            try:
+                future.result()
+                outcome[name] = "created"
+            except KafkaException as exc:
+                # Another process created it between our listing and the create call.
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+                outcome[name] = "exists"
+    return outcome
+
+
+def describe_topics(
+    admin: AdminClient, specs: list[TopicSpec], timeout_s: float = 30
+) -> list[dict[str, object]]:
+    """One row per catalog topic: name, role, partitions on the broker (or missing)."""
+    existing = admin.list_topics(timeout=timeout_s).topics
+    return [
+        {
+            "topic": spec.name,
+            "role": spec.role,
+            "partitions": len(existing[spec.name].partitions) if spec.name in existing else None,
+            "expected_partitions": spec.partitions,
+            "config": spec.config,
+        }
+        for spec in specs
+    ]

@@ -1,0 +1,27 @@
+"""Graceful shutdown: the first SIGTERM/SIGINT asks to stop, a second exits at once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+from services.logs import get_logger
+
+log = get_logger("lifecycle")
+EXIT_ON_SECOND_SIGNAL = 130
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    """Set `stop` on the first signal; the handler only sets state, the service drains."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("second signal, exiting now", signal=signal.Signals(signum).name)
+            os._exit(EXIT_ON_SECOND_SIGNAL)
+        log.info("stop requested", signal=signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)

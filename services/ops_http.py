@@ -1,0 +1,48 @@
+"""`/healthz` and `/metrics` routes every service mounts, and a server runner."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+HealthCheck = Callable[[], tuple[bool, dict[str, Any]]]
+
+
+def ops_routes(health: HealthCheck) -> list[Route]:
+    """Routes for liveness/readiness (`/healthz`) and Prometheus (`/metrics`)."""
+
+    async def healthz(_: Request) -> Response:
+        healthy, detail = health()
+        return JSONResponse({"healthy": healthy, **detail}, status_code=200 if healthy else 503)
+
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    return [Route("/healthz", healthz), Route("/metrics", metrics)]
+
+
+def make_server(app: Any, host: str, port: int) -> uvicorn.Server:
+    """A uvicorn server whose signal handling is left to the service."""
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    # The service's own handler decides how to drain; uvicorn must not exit first.
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    return server
+
+
+async def serve_until(server: uvicorn.Server, stop: asyncio.Event) -> None:
+    """Run `server` until `stop` is set, then shut it down gracefully."""
+    serving = asyncio.create_task(server.serve())
+    stopping = asyncio.create_task(stop.wait())
+    # A server that fails to start ends on its own; do not wait for a signal then.
+    await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    server.should_exit = True
+    await serving
