@@ -25,7 +25,9 @@ def _layout(home: Path | None, port: int) -> local_broker.BrokerLayout:
     return local_broker.BrokerLayout(home.resolve(), port=port, controller_port=port + 1)
 
 
-HomeOption = typer.Option(None, help="state directory (default $KBATCH_KAFKA_HOME or .kbatch/kafka)")
+HomeOption = typer.Option(
+    None, help="state directory (default $KBATCH_KAFKA_HOME or .kbatch/kafka)"
+)
 PortOption = typer.Option(9092, help="client port; the controller uses port+1")
 
 

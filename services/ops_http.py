@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from contextlib import contextmanager
 from typing import Any
 
 import uvicorn
@@ -28,17 +29,24 @@ def ops_routes(health: HealthCheck) -> list[Route]:
     return [Route("/healthz", healthz), Route("/metrics", metrics)]
 
 
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal capture: the service owns SIGTERM (services.lifecycle)."""
+
+    @contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
 def make_server(app: Any, host: str, port: int) -> uvicorn.Server:
-    """A uvicorn server whose signal handling is left to the service."""
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on")
-    server = uvicorn.Server(config)
-    # The service's own handler decides how to drain; uvicorn must not exit first.
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    return server
+    """A uvicorn server that stops when the service says so (see `serve_until`)."""
+    config = uvicorn.Config(
+        app, host=host, port=port, log_config=None, access_log=False, lifespan="on"
+    )
+    return _Server(config)
 
 
 async def serve_until(server: uvicorn.Server, stop: asyncio.Event) -> None:
-    """Run `server` until `stop` is set, then shut it down gracefully."""
+    """Serve until `stop` is set, then finish open requests and run the lifespan shutdown."""
     serving = asyncio.create_task(server.serve())
     stopping = asyncio.create_task(stop.wait())
     # A server that fails to start ends on its own; do not wait for a signal then.

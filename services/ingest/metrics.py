@@ -20,5 +20,7 @@ PUBLISH_SECONDS = Histogram(
 )
 UPLOADS_IN_FLIGHT = Gauge("kbatch_ingest_uploads_in_flight", "Uploads being processed")
 LANE_BACKLOG = Gauge(
-    "kbatch_ingest_lane_backlog_requests", "Unconsumed requests per lane, as ingest sees it", ["lane"]
+    "kbatch_ingest_lane_backlog_requests",
+    "Unconsumed requests per lane, as ingest sees it",
+    ["lane"],
 )

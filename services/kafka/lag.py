@@ -5,8 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from services.lanes import Lane, LaneLayout, lane_backlog
 from services.logs import get_logger
@@ -15,29 +14,25 @@ log = get_logger("lag")
 
 
 def measure_backlog(
-    admin: AdminClient, topic: str, group: str, layout: LaneLayout, timeout_s: float = 10
+    consumer: Consumer, topic: str, layout: LaneLayout, timeout_s: float = 10
 ) -> dict[Lane, int]:
-    """One measurement: end offsets minus the inference group's committed offsets."""
+    """One measurement: end offsets minus the consumer's group's committed offsets.
+
+    A plain Consumer with the inference group's id reads the committed offsets:
+    AdminClient.list_consumer_group_offsets crashed the process (SIGSEGV,
+    confluent-kafka 2.16) while a fresh broker was still creating its offsets topic.
+    """
     partitions = [TopicPartition(topic, p) for p in range(layout.total)]
-    ends = admin.list_offsets(
-        {tp: OffsetSpec.latest() for tp in partitions}, request_timeout=timeout_s
-    )
-    starts = admin.list_offsets(
-        {tp: OffsetSpec.earliest() for tp in partitions}, request_timeout=timeout_s
-    )
-    group_request = [ConsumerGroupTopicPartitions(group, partitions)]
-    committed_future = admin.list_consumer_group_offsets(group_request, request_timeout=timeout_s)[
-        group
-    ]
-    committed: dict[int, int | None] = {}
-    for tp in committed_future.result().topic_partitions:
-        committed[tp.partition] = tp.offset if tp.offset >= 0 else None
-    return lane_backlog(
-        layout,
-        {tp.partition: future.result().offset for tp, future in ends.items()},
-        committed,
-        {tp.partition: future.result().offset for tp, future in starts.items()},
-    )
+    committed: dict[int, int | None] = {
+        tp.partition: tp.offset if tp.offset >= 0 else None
+        for tp in consumer.committed(partitions, timeout=timeout_s)
+    }
+    starts: dict[int, int] = {}
+    ends: dict[int, int] = {}
+    for tp in partitions:
+        low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s, cached=False)
+        starts[tp.partition], ends[tp.partition] = low, high
+    return lane_backlog(layout, ends, committed, starts)
 
 
 class BacklogMonitor:
@@ -45,13 +40,13 @@ class BacklogMonitor:
 
     def __init__(
         self,
-        admin_config: dict[str, Any],
+        kafka_config: dict[str, Any],
         topic: str,
         group: str,
         layout: LaneLayout,
         refresh_s: float,
     ) -> None:
-        self._admin_config = admin_config
+        self._kafka_config = kafka_config
         self._topic = topic
         self._group = group
         self._layout = layout
@@ -64,10 +59,13 @@ class BacklogMonitor:
         self.last_error: str | None = None
 
     def start(self) -> None:
-        admin = AdminClient(self._admin_config)
-        self._refresh(admin)
+        # Never subscribes or commits: the group id only selects whose offsets are read.
+        consumer = Consumer(
+            {**self._kafka_config, "group.id": self._group, "enable.auto.commit": False}
+        )
+        self._refresh(consumer)
         self._thread = threading.Thread(
-            target=self._run, args=(admin,), name="backlog", daemon=True
+            target=self._run, args=(consumer,), name="backlog", daemon=True
         )
         self._thread.start()
 
@@ -87,15 +85,18 @@ class BacklogMonitor:
         with self._lock:
             self._published_since[lane] += count
 
-    def _run(self, admin: AdminClient) -> None:
-        while not self._stop.wait(self._refresh_s):
-            self._refresh(admin)
+    def _run(self, consumer: Consumer) -> None:
+        try:
+            while not self._stop.wait(self._refresh_s):
+                self._refresh(consumer)
+        finally:
+            consumer.close()
 
-    def _refresh(self, admin: AdminClient) -> None:
+    def _refresh(self, consumer: Consumer) -> None:
         with self._lock:
             pending = dict(self._published_since)
         try:
-            measured = measure_backlog(admin, self._topic, self._group, self._layout)
+            measured = measure_backlog(consumer, self._topic, self._layout)
         except KafkaException as exc:
             # Admission then refuses (backlog unknown) rather than guessing; see backlog().
             self.last_error = str(exc)

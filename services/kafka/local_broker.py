@@ -24,6 +24,9 @@ from confluent_kafka.admin import AdminClient
 from services.errors import ConfigurationError, KafkaUnavailableError
 from services.resources import data_dir
 
+# Brokers started by this process, kept so they are reaped rather than left as zombies.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
 
 @dataclass(frozen=True)
 class BrokerLayout:
@@ -33,10 +36,11 @@ class BrokerLayout:
     host: str = "127.0.0.1"
     port: int = 9092
     controller_port: int = 9093
+    jar_cache: Path | None = None  # shared jar directory; default: inside `home`
 
     @property
     def jars(self) -> Path:
-        return self.home / "jars"
+        return self.jar_cache or self.home / "jars"
 
     @property
     def data(self) -> Path:
@@ -145,13 +149,10 @@ def running_pid(layout: BrokerLayout) -> int | None:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        # Reap it first when it is our own child, or a dead broker looks alive as a zombie.
-        reaped, _ = os.waitpid(pid, os.WNOHANG)
-        if reaped == pid:
-            return False
-    except ChildProcessError:
-        pass
+    child = _children.get(pid)
+    if child is not None:
+        # Our own child: poll() reaps it, so a dead broker does not linger as a zombie.
+        return child.poll() is None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -186,6 +187,7 @@ def up(layout: BrokerLayout, timeout_s: float = 120.0) -> str:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+    _children[process.pid] = process
     layout.pid_file.write_text(str(process.pid))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -212,5 +214,8 @@ def down(layout: BrokerLayout, timeout_s: float = 30.0) -> bool:
         time.sleep(0.2)
     else:
         os.kill(pid, signal.SIGKILL)
+    child = _children.pop(pid, None)
+    if child is not None:
+        child.wait()
     layout.pid_file.unlink(missing_ok=True)
     return True

@@ -1,0 +1,83 @@
+"""Helpers for tests against the real broker: topics per test, reading topics back."""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from services.kafka.topics import ensure_topics, topic_catalog
+from services.settings import TopicSettings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def unique_topics(bootstrap: str, **partitions: int) -> TopicSettings:
+    """A fresh set of kbatch topics with a unique prefix, created on the broker."""
+    topics = TopicSettings(prefix=f"t{uuid.uuid4().hex[:10]}", **partitions)
+    ensure_topics(AdminClient({"bootstrap.servers": bootstrap}), topic_catalog(topics))
+    return topics
+
+
+def read_topic(
+    bootstrap: str,
+    topic: str,
+    expect: int | None = None,
+    timeout_s: float = 30,
+    committed_only: bool = True,
+) -> list[Message]:
+    """Every record on `topic` from the start; waits for `expect` records when given."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed" if committed_only else "read_uncommitted",
+            "enable.partition.eof": True,
+        }
+    )
+    metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+    partitions = [TopicPartition(topic, p, 0) for p in metadata.partitions]
+    consumer.assign(partitions)
+    messages: list[Message] = []
+    at_eof: set[int] = set()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is None:
+                done = len(at_eof) == len(partitions)
+                if done and (expect is None or len(messages) >= expect):
+                    break
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    at_eof.add(msg.partition())
+                    continue
+                raise AssertionError(f"consume error: {msg.error()}")
+            at_eof.discard(msg.partition())
+            messages.append(msg)
+    finally:
+        consumer.close()
+    return messages
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float = 30, interval_s: float = 0.2) -> Any:
+    """Poll `predicate` until it returns something truthy."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"condition not met within {timeout_s}s")

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.lanes import Lane, LaneLayout, lane_backlog
+
+layouts = st.builds(
+    LaneLayout,
+    st.integers(1, 16),
+    st.integers(1, 16),
+    st.integers(1, 16),
+)
+
+
+@given(layouts, st.sampled_from(list(Lane)), st.binary(max_size=64))
+def test_a_key_lands_in_its_own_lane(layout: LaneLayout, lane: Lane, key: bytes) -> None:
+    partition = layout.partition_for(lane, key)
+    assert partition in layout.partitions(lane)
+    assert layout.lane_of(partition) is lane
+    assert layout.partition_for(lane, key) == partition
+
+
+@given(layouts)
+def test_lanes_tile_the_topic_in_priority_order(layout: LaneLayout) -> None:
+    ranges = [layout.partitions(lane) for lane in (Lane.HIGH, Lane.NORMAL, Lane.LOW)]
+    assert [p for r in ranges for p in r] == list(range(layout.total))
+
+
+def test_a_lane_without_partitions_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        LaneLayout(0, 1, 1)
+
+
+def test_backlog_is_end_minus_committed_per_lane() -> None:
+    layout = LaneLayout(1, 2, 1)
+    backlog = lane_backlog(
+        layout,
+        end_offsets={0: 10, 1: 5, 2: 7, 3: 100},
+        committed_offsets={0: 4, 1: None, 2: 7, 3: None},
+        start_offsets={0: 0, 1: 2, 2: 0, 3: 90},
+    )
+    # partition 1 never committed: counts from its start (2); 3 from its start (90).
+    assert backlog == {Lane.HIGH: 6, Lane.NORMAL: 3, Lane.LOW: 10}
