@@ -85,3 +85,11 @@ def ingest() -> None:
     from services.ingest.main import run
 
     run()
+
+
+@app.command("inference")
+def inference() -> None:
+    """Run an inference worker (KBATCH_INFERENCE__ENGINE=vllm|simulated is required)."""
+    from services.inference.main import run
+
+    run()

@@ -1,0 +1,1 @@
+"""Inference workers: exactly-once consume-infer-produce over assigned partitions."""

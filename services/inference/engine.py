@@ -1,0 +1,84 @@
+"""The engine interface: one request in, one outcome out, neighbours unaffected."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """What an engine needs of an InferenceRequest record."""
+
+    request_id: str
+    endpoint: str
+    model: str
+    messages: list[dict[str, Any]] | None = None
+    prompt: str | None = None
+    input: list[str] | None = None
+    sampling: dict[str, Any] = field(default_factory=dict)
+    attempt: int = 0
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], attempt: int = 0) -> EngineRequest:
+        body = record["body"]
+        sampling = {
+            key: body[key]
+            for key in (
+                "max_tokens",
+                "temperature",
+                "top_p",
+                "stop",
+                "seed",
+                "presence_penalty",
+                "frequency_penalty",
+            )
+            if body.get(key) not in (None, [])
+        }
+        return cls(
+            request_id=record["request_id"],
+            endpoint=record["endpoint"],
+            model=record["model"],
+            messages=body.get("messages"),
+            prompt=body.get("prompt"),
+            input=body.get("input"),
+            sampling=sampling,
+            attempt=attempt,
+        )
+
+
+@dataclass(frozen=True)
+class EngineOutput:
+    """A finished request: text or embedding, with token usage."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    text: str | None = None
+    embedding: list[float] | None = None
+    finish_reason: str | None = None
+
+
+class Engine(Protocol):
+    """An inference engine. `generate` raises services.errors.EngineError subclasses."""
+
+    name: str
+
+    @property
+    def max_concurrency(self) -> int:
+        """Sequences the engine runs together now (may shrink after an OOM)."""
+        ...
+
+    @property
+    def running(self) -> int:
+        """Sequences being processed right now (the current batch size)."""
+        ...
+
+    async def start(self) -> None: ...
+
+    async def generate(self, request: EngineRequest) -> EngineOutput: ...
+
+    def shrink_concurrency(self) -> int:
+        """Halve the concurrency after an out-of-memory error; returns the new value."""
+        ...
+
+    async def close(self) -> None: ...

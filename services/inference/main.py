@@ -1,0 +1,95 @@
+"""`kbatch inference`: one worker process with /healthz and /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+from starlette.applications import Starlette
+
+from services.inference import metrics
+from services.inference.engines import build_engine
+from services.inference.gpu import GpuReport, assess, sample_gpus
+from services.inference.settings import InferenceSettings, parse_partitions
+from services.inference.worker import Worker
+from services.lifecycle import install_stop_signals
+from services.logs import configure_logging, get_logger
+from services.ops_http import make_server, ops_routes, serve_until
+
+log = get_logger("inference")
+
+
+class GpuWatch:
+    """Samples NVML on an interval; an unhealthy GPU stops the worker taking work."""
+
+    def __init__(self, worker: Worker, gpu_required: bool) -> None:
+        self.worker = worker
+        self.gpu_required = gpu_required
+        self.reasons: tuple[str, ...] = ()
+        self.report: GpuReport | None = None
+
+    async def check(self) -> bool:
+        report = await asyncio.to_thread(sample_gpus)
+        verdict = assess(report, self.worker.options.gpu, self.gpu_required)
+        self.report, self.reasons = report, verdict.reasons
+        for gpu in report.samples:
+            label = str(gpu.index)
+            metrics.GPU_MEMORY_USED.labels(label).set(gpu.memory_used_bytes)
+            metrics.GPU_MEMORY_TOTAL.labels(label).set(gpu.memory_total_bytes)
+            metrics.GPU_TEMPERATURE.labels(label).set(gpu.temperature_c)
+            metrics.GPU_UTILIZATION.labels(label).set(gpu.utilization)
+        metrics.GPU_HEALTHY.set(1 if verdict.healthy else 0)
+        if verdict.healthy != self.worker.accepting_work:
+            log.warning("gpu health changed", healthy=verdict.healthy, reasons=verdict.reasons)
+        self.worker.accepting_work = verdict.healthy
+        return verdict.healthy
+
+    async def watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.worker.options.gpu.sample_interval_s)
+            await self.check()
+
+
+def _health(worker: Worker, gpu: GpuWatch) -> tuple[bool, dict[str, Any]]:
+    healthy = worker.dead_reason is None and worker.accepting_work
+    return healthy, {
+        "worker_id": worker.options.worker_id,
+        "engine": worker.engine.name,
+        "owned_partitions": sorted(worker.owned),
+        "dead": worker.dead_reason,
+        "gpu": list(gpu.reasons),
+    }
+
+
+async def _run(settings: InferenceSettings) -> int:
+    options = settings.inference
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    engine = build_engine(options)
+    log.warning("engine selected", engine=engine.name, model=options.model)
+    worker = Worker(settings, engine)
+    gpu = GpuWatch(worker, gpu_required=options.engine == "vllm")
+    if not await gpu.check() and options.engine == "vllm":
+        log.error("no usable GPU for the vllm engine", reasons=gpu.reasons)
+        return 2
+    worker.set_assignment(parse_partitions(options.partitions))
+    app = Starlette(routes=ops_routes(lambda: _health(worker, gpu)))
+    server = make_server(app, options.http_host, options.http_port)
+    server_stop = asyncio.Event()
+    serving = asyncio.create_task(serve_until(server, server_stop))
+    watching = asyncio.create_task(gpu.watch())
+    try:
+        code = await worker.run(stop)
+    finally:
+        watching.cancel()
+        server_stop.set()
+        await asyncio.gather(serving, watching, return_exceptions=True)
+    log.info("worker exiting", code=code)
+    return code
+
+
+def run(settings: InferenceSettings | None = None) -> None:
+    settings = settings or InferenceSettings()
+    configure_logging(settings.log_level, settings.log_format)
+    sys.exit(asyncio.run(_run(settings)))

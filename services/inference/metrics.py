@@ -1,0 +1,49 @@
+"""Prometheus metrics of inference workers."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+IN_FLIGHT = Gauge("kbatch_inference_in_flight_requests", "Requests handed to the engine")
+BATCH_SIZE = Gauge("kbatch_inference_batch_size", "Sequences the engine runs right now")
+ENGINE_CONCURRENCY = Gauge(
+    "kbatch_inference_engine_concurrency", "Sequences the engine may run together"
+)
+UNCOMMITTED = Gauge(
+    "kbatch_inference_uncommitted_records", "Records consumed but not yet committed"
+)
+OWNED_PARTITIONS = Gauge("kbatch_inference_owned_partitions", "Request partitions owned")
+RESULTS = Counter("kbatch_inference_results_total", "Results committed", ["engine"])
+DEAD_LETTERS = Counter(
+    "kbatch_inference_dead_letters_total", "Records sent to the DLQ", ["stage", "error_class"]
+)
+RETRIES = Counter("kbatch_inference_retries_total", "Engine retries after transient errors")
+OOM_SHRINKS = Counter(
+    "kbatch_inference_oom_shrinks_total", "Concurrency halvings after out-of-memory errors"
+)
+OUTPUT_TOKENS = Counter("kbatch_inference_output_tokens_total", "Completion tokens produced")
+PROMPT_TOKENS = Counter("kbatch_inference_prompt_tokens_total", "Prompt tokens processed")
+REQUEST_SECONDS = Histogram(
+    "kbatch_inference_request_seconds", "Engine time per request", buckets=_LATENCY_BUCKETS
+)
+QUEUE_WAIT_SECONDS = Histogram(
+    "kbatch_inference_queue_wait_seconds",
+    "Submission (ingest) to engine start",
+    buckets=_LATENCY_BUCKETS,
+)
+COMMIT_SECONDS = Histogram(
+    "kbatch_inference_transaction_commit_seconds",
+    "Duration of one partition transaction",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+COMMITS = Counter("kbatch_inference_transaction_commits_total", "Transactions committed")
+ABORTS = Counter(
+    "kbatch_inference_transaction_aborts_total", "Transactions that failed, by cause", ["cause"]
+)
+GPU_HEALTHY = Gauge("kbatch_inference_gpu_healthy", "1 when every GPU is within thresholds")
+GPU_MEMORY_USED = Gauge("kbatch_gpu_memory_used_bytes", "GPU memory in use", ["gpu"])
+GPU_MEMORY_TOTAL = Gauge("kbatch_gpu_memory_total_bytes", "GPU memory size", ["gpu"])
+GPU_TEMPERATURE = Gauge("kbatch_gpu_temperature_celsius", "GPU temperature", ["gpu"])
+GPU_UTILIZATION = Gauge("kbatch_gpu_utilization_ratio", "GPU busy share (0..1)", ["gpu"])

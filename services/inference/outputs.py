@@ -1,0 +1,126 @@
+"""Records a worker publishes: results and dead letters (pure builders)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from services.codec import DEAD_LETTER, RESULT, codec
+from services.inference.engine import EngineOutput
+
+
+@dataclass(frozen=True)
+class OutRecord:
+    """One record to produce inside a partition's transaction."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a request record came from."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def result_record(
+    topic: str,
+    request: dict[str, Any],
+    output: EngineOutput,
+    engine: str,
+    worker_id: str,
+    origin: Origin,
+    queue_wait_s: float,
+    inference_s: float,
+    attempt: int,
+) -> OutRecord:
+    value = codec(RESULT).encode(
+        {
+            "request_id": request["request_id"],
+            "job_id": request["job_id"],
+            "custom_id": request["custom_id"],
+            "tenant": request["tenant"],
+            "priority": request["priority"],
+            "endpoint": request["endpoint"],
+            "model": request["model"],
+            "engine": engine,
+            "worker_id": worker_id,
+            "output": {
+                "text": output.text,
+                "embedding": output.embedding,
+                "finish_reason": output.finish_reason,
+            },
+            "usage": {
+                "prompt_tokens": output.prompt_tokens,
+                "completion_tokens": output.completion_tokens,
+                "total_tokens": output.prompt_tokens + output.completion_tokens,
+            },
+            "timings": {"queue_wait_ms": queue_wait_s * 1000, "inference_ms": inference_s * 1000},
+            "error": None,
+            "attempt": attempt,
+            "source_partition": origin.partition,
+            "source_offset": origin.offset,
+            "completed_at_ms": _now_ms(),
+        }
+    )
+    headers = [("kbatch-job-id", request["job_id"].encode()), ("kbatch-engine", engine.encode())]
+    # Keyed by job so one job's results stay together, in order, on one partition.
+    return OutRecord(topic, request["job_id"].encode(), value, headers)
+
+
+def dead_letter_record(
+    topic: str,
+    origin: Origin,
+    error_class: str,
+    message: str,
+    stage: str,
+    attempt: int,
+    worker_id: str,
+    request: dict[str, Any] | None = None,
+) -> OutRecord:
+    """The original bytes unchanged, plus why and where it failed (also as headers)."""
+    failed_at = _now_ms()
+    value = codec(DEAD_LETTER).encode(
+        {
+            "original_topic": origin.topic,
+            "original_partition": origin.partition,
+            "original_offset": origin.offset,
+            "original_key": origin.key,
+            "original_value": origin.value,
+            "error_class": error_class,
+            "error_message": message,
+            "stage": stage,
+            "attempt": attempt,
+            "worker_id": worker_id,
+            "failed_at_ms": failed_at,
+            "job_id": request["job_id"] if request else None,
+            "request_id": request["request_id"] if request else None,
+            "custom_id": request["custom_id"] if request else None,
+        }
+    )
+    headers = [
+        ("kbatch-dlq-original-topic", origin.topic.encode()),
+        ("kbatch-dlq-original-partition", str(origin.partition).encode()),
+        ("kbatch-dlq-original-offset", str(origin.offset).encode()),
+        ("kbatch-dlq-error-class", error_class.encode()),
+        ("kbatch-dlq-error-message", message[:1000].encode()),
+        ("kbatch-dlq-stage", stage.encode()),
+        ("kbatch-dlq-attempt", str(attempt).encode()),
+        ("kbatch-dlq-worker-id", worker_id.encode()),
+        ("kbatch-dlq-failed-at-ms", str(failed_at).encode()),
+    ]
+    if request:
+        headers.append(("kbatch-job-id", request["job_id"].encode()))
+    return OutRecord(topic, origin.key, value, headers)

@@ -1,0 +1,100 @@
+"""Run one decoded request through the engine: retries, OOM backoff, result or dead letter."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from services.errors import EngineOutOfMemoryError, InvalidRequestError, TransientEngineError
+from services.inference import metrics
+from services.inference.engine import Engine, EngineOutput, EngineRequest
+from services.inference.outputs import Origin, OutRecord, dead_letter_record, result_record
+from services.inference.retry import engine_retrying
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    worker_id: str
+    results_topic: str
+    dlq_topic: str
+    max_attempts: int
+    retry_initial_s: float
+    retry_max_s: float
+
+
+class RequestRunner:
+    """Turns a request record into the records to publish for it."""
+
+    def __init__(self, engine: Engine, config: RunnerConfig) -> None:
+        self._engine = engine
+        self._config = config
+
+    async def run(self, origin: Origin, record: dict[str, Any]) -> list[OutRecord]:
+        """The result, or a dead letter; EngineDeadError propagates (the worker must stop)."""
+        config = self._config
+        queue_wait_s = max(0.0, time.time() - record["submitted_at_ms"] / 1000)
+        metrics.QUEUE_WAIT_SECONDS.observe(queue_wait_s)
+        started = time.monotonic()
+        tries = 0
+        request = EngineRequest.from_record(record)
+        try:
+            async for attempt in engine_retrying(
+                config.max_attempts, config.retry_initial_s, config.retry_max_s
+            ):
+                with attempt:
+                    if tries:
+                        metrics.RETRIES.inc()
+                    tries += 1
+                    this_try = dataclasses.replace(request, attempt=record["attempt"] + tries - 1)
+                    output = await self._generate_backing_off_oom(this_try)
+        except InvalidRequestError as exc:
+            return [self._dead_letter(origin, record, exc, "inference", tries)]
+        except TransientEngineError as exc:
+            return [self._dead_letter(origin, record, exc, "retries_exhausted", tries)]
+        inference_s = time.monotonic() - started
+        metrics.REQUEST_SECONDS.observe(inference_s)
+        metrics.OUTPUT_TOKENS.inc(output.completion_tokens)
+        metrics.PROMPT_TOKENS.inc(output.prompt_tokens)
+        return [
+            result_record(
+                config.results_topic,
+                record,
+                output,
+                self._engine.name,
+                config.worker_id,
+                origin,
+                queue_wait_s,
+                inference_s,
+                record["attempt"] + tries,
+            )
+        ]
+
+    async def _generate_backing_off_oom(self, request: EngineRequest) -> EngineOutput:
+        """Out of memory: halve the engine's concurrency and try again, down to one sequence."""
+        while True:
+            try:
+                return await self._engine.generate(request)
+            except EngineOutOfMemoryError:
+                if self._engine.max_concurrency <= 1:
+                    raise
+                self._engine.shrink_concurrency()
+                metrics.OOM_SHRINKS.inc()
+                metrics.ENGINE_CONCURRENCY.set(self._engine.max_concurrency)
+
+    def _dead_letter(
+        self, origin: Origin, record: dict[str, Any], exc: Exception, stage: str, tries: int
+    ) -> OutRecord:
+        error_class = type(exc).__name__
+        metrics.DEAD_LETTERS.labels(stage, error_class).inc()
+        return dead_letter_record(
+            self._config.dlq_topic,
+            origin,
+            error_class,
+            str(exc),
+            stage,
+            record["attempt"] + tries,
+            self._config.worker_id,
+            record,
+        )

@@ -1,0 +1,116 @@
+"""Inference worker settings: `KBATCH_INFERENCE__*` plus the shared `KBATCH_*` options."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.settings import CommonSettings
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class SimulatedEngineOptions(BaseModel):
+    """Cost model (and labelled fault injection) of the `simulated` engine."""
+
+    model_config = ConfigDict(frozen=True)
+
+    step_s: float = Field(0.01, ge=0, description="seconds per decode step; 0 = zero-cost")
+    max_num_seqs: int = Field(64, ge=1, description="sequences decoded together per step")
+    tokens_per_step: int = Field(1, ge=1, description="output tokens per sequence per step")
+    default_max_tokens: int = Field(16, ge=1, description="output length when max_tokens unset")
+    max_model_len: int = Field(4096, ge=1, description="prompt+output token limit")
+    fault_transient_rate: float = Field(
+        0.0, ge=0, le=1, description="fault injection: share of attempts failing transiently"
+    )
+    fault_oom_above: int | None = Field(
+        None, description="fault injection: OOM when more sequences than this run together"
+    )
+    fault_die_after: int | None = Field(
+        None, description="fault injection: engine dies after this many requests"
+    )
+
+
+class VllmEngineOptions(BaseModel):
+    """Options passed to vLLM's AsyncEngineArgs."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_num_seqs: int = Field(256, ge=1, description="vLLM max_num_seqs")
+    max_model_len: int | None = Field(None, description="vLLM max_model_len")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM memory share")
+    dtype: str = Field("auto", description="vLLM dtype")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine")
+    task: Literal["generate", "embed"] = Field("generate", description="generate or embed")
+
+
+class GpuHealthOptions(BaseModel):
+    """When a GPU counts as unhealthy (the worker then stops taking work)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    sample_interval_s: float = Field(5.0, gt=0, description="NVML sampling interval")
+    max_temperature_c: int = Field(90, description="unhealthy at or above this temperature")
+    max_memory_used_ratio: float = Field(0.99, gt=0, le=1, description="unhealthy above this")
+    max_uncorrected_ecc_errors: int = Field(0, ge=0, description="unhealthy above this count")
+
+
+class InferenceOptions(BaseModel):
+    """Behaviour of one inference worker."""
+
+    model_config = ConfigDict(frozen=True)
+
+    engine: Literal["vllm", "simulated"] | None = Field(
+        None, description="required: vllm or simulated; nothing falls back to another"
+    )
+    model: str = Field("kbatch-sim", description="model name (vLLM: path or hub id)")
+    worker_id: str = Field(default_factory=_default_worker_id, description="unique worker name")
+    pool: Literal["dedicated", "spot"] = Field("dedicated", description="capacity pool")
+    partitions: str = Field(
+        "", description="static assignment, e.g. '0-3,7' (the scheduler replaces it when used)"
+    )
+    follow_scheduler: bool = Field(False, description="take assignments from the scheduler")
+    in_flight_cap: int | None = Field(
+        None, ge=1, description="requests in the engine at once; default 2x engine concurrency"
+    )
+    max_uncommitted: int | None = Field(
+        None, ge=1, description="consumed-but-uncommitted records; default 4x in-flight cap"
+    )
+    commit_interval_s: float = Field(0.5, gt=0, description="commit at least this often")
+    commit_max_records: int = Field(1000, ge=1, description="commit once this many are ready")
+    transaction_timeout_ms: int = Field(60_000, ge=1000, description="transaction.timeout.ms")
+    max_attempts: int = Field(4, ge=1, description="tries per request for transient errors")
+    retry_initial_s: float = Field(0.1, ge=0, description="first retry backoff")
+    retry_max_s: float = Field(5.0, ge=0, description="largest retry backoff")
+    drain_grace_s: float = Field(20.0, ge=0, description="SIGTERM: time to finish in-flight work")
+    fetch_max_bytes: int = Field(8 * 1024 * 1024, description="consumer fetch.max.bytes")
+    queued_max_kbytes: int = Field(16 * 1024, description="consumer queued.max.messages.kbytes")
+    http_host: str = Field("127.0.0.1", description="address of /healthz and /metrics")
+    http_port: int = Field(8090, description="port of /healthz and /metrics")
+    heartbeat_interval_s: float = Field(1.0, gt=0, description="heartbeat period")
+    simulated: SimulatedEngineOptions = Field(default_factory=SimulatedEngineOptions)
+    vllm: VllmEngineOptions = Field(default_factory=VllmEngineOptions)
+    gpu: GpuHealthOptions = Field(default_factory=GpuHealthOptions)
+
+
+class InferenceSettings(CommonSettings):
+    """Everything an inference worker reads from its environment."""
+
+    inference: InferenceOptions = Field(default_factory=InferenceOptions)
+
+
+def parse_partitions(spec: str) -> set[int]:
+    """'0-3,7' -> {0, 1, 2, 3, 7}."""
+    partitions: set[int] = set()
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        low, _, high = part.partition("-")
+        first, last = int(low), int(high or low)
+        if first > last or first < 0:
+            raise ValueError(f"bad partition range {part!r}")
+        partitions.update(range(first, last + 1))
+    return partitions

@@ -1,0 +1,97 @@
+"""One transactional producer per owned partition: fencing follows ownership.
+
+The transactional.id names the partition, not the worker, so whichever worker
+is assigned the partition next fences the previous owner in
+`init_transactions()`; a zombie's next commit then fails with a fencing error.
+Calls block (librdkafka waits on the broker): run them on a thread.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
+
+from services.errors import FencedError, KafkaUnavailableError
+from services.inference.outputs import OutRecord
+
+_FENCED = {
+    KafkaError._FENCED,
+    KafkaError.PRODUCER_FENCED,
+    KafkaError.INVALID_PRODUCER_EPOCH,
+    KafkaError.INVALID_PRODUCER_ID_MAPPING,
+    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+}
+
+
+def transactional_id(prefix: str, topic: str, partition: int) -> str:
+    return f"{prefix}.inference.{topic}.{partition}"
+
+
+class PartitionTransactions:
+    """Commits a partition's outputs and consumed offset together, atomically."""
+
+    def __init__(self, config: dict[str, Any], txn_id: str, timeout_s: float = 30) -> None:
+        self.txn_id = txn_id
+        self._config = {**config, "transactional.id": txn_id}
+        self._timeout_s = timeout_s
+        self._producer: Producer | None = None
+
+    def open(self) -> None:
+        """Create the producer and fence any previous owner of this partition."""
+        self._producer = Producer(self._config)
+        try:
+            self._producer.init_transactions(self._timeout_s)
+        except KafkaException as exc:
+            raise self._translate(exc) from exc
+
+    def commit(self, records: list[OutRecord], offset: TopicPartition, group_metadata: Any) -> None:
+        """Publish `records` and commit `offset` in one transaction, or neither."""
+        producer = self._require()
+        try:
+            producer.begin_transaction()
+            for record in records:
+                self._produce(producer, record)
+            producer.send_offsets_to_transaction([offset], group_metadata, self._timeout_s)
+            producer.commit_transaction(self._timeout_s)
+        except KafkaException as exc:
+            error = self._translate(exc)
+            if isinstance(error, FencedError):
+                # Unusable from now on; its transaction belongs to the new owner's epoch.
+                self._producer = None
+            else:
+                self._abort_quietly(producer, exc)
+            raise error from exc
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(self._timeout_s)
+            self._producer = None
+
+    def _require(self) -> Producer:
+        if self._producer is None:
+            raise RuntimeError(f"{self.txn_id}: transactions used before open()")
+        return self._producer
+
+    @staticmethod
+    def _produce(producer: Producer, record: OutRecord) -> None:
+        while True:
+            try:
+                producer.produce(record.topic, record.value, key=record.key, headers=record.headers)
+                return
+            except BufferError:
+                producer.poll(0.05)
+
+    def _abort_quietly(self, producer: Producer, cause: KafkaException) -> None:
+        """Abort after a failed commit; a fatal producer is replaced on the next open()."""
+        error = cause.args[0]
+        if error.txn_requires_abort():
+            producer.abort_transaction(self._timeout_s)
+        elif error.fatal():
+            self._producer = None
+
+    def _translate(self, exc: KafkaException) -> Exception:
+        error: KafkaError = exc.args[0]
+        if error.code() in _FENCED:
+            return FencedError(f"{self.txn_id} fenced by a newer owner: {error.str()}")
+        return KafkaUnavailableError(f"{self.txn_id}: {error.str()}")

@@ -1,0 +1,357 @@
+"""The inference worker loop: consume assigned partitions, keep the engine fed,
+publish and commit in per-partition transactions.
+
+Design notes:
+- Assignment is external (`assign()`): the worker never joins a consumer group,
+  so ownership and fencing come from per-partition transactional ids.
+- Requests run as asyncio tasks; the engine batches them continuously. The
+  number in flight is capped; consumption pauses when the cap or the
+  uncommitted bound is reached.
+- Outputs wait in PartitionProgress until every lower offset finished, then
+  go out in the transaction that commits past them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+
+from services.codec import REQUEST, codec
+from services.errors import DecodeError, EngineDeadError, FencedError, KafkaUnavailableError
+from services.inference import metrics
+from services.inference.engine import Engine
+from services.inference.flow import FlowState, paused_partitions, room
+from services.inference.outputs import Origin, OutRecord, dead_letter_record
+from services.inference.progress import PartitionProgress
+from services.inference.runner import RequestRunner, RunnerConfig
+from services.inference.settings import InferenceSettings
+from services.inference.transactions import PartitionTransactions, transactional_id
+from services.logs import get_logger
+
+log = get_logger("worker")
+EXIT_ENGINE_DEAD = 3
+
+
+@dataclass(eq=False)
+class OwnedPartition:
+    partition: int
+    txn: PartitionTransactions
+    progress: PartitionProgress[OutRecord]
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    releasing: bool = False
+
+
+class Worker:
+    """One inference worker process's consuming, running and committing."""
+
+    def __init__(self, settings: InferenceSettings, engine: Engine) -> None:
+        self.settings = settings
+        self.options = settings.inference
+        self.engine = engine
+        self.topic = settings.topics.requests
+        self.owned: dict[int, OwnedPartition] = {}
+        self.desired: set[int] = set()
+        self.accepting_work = True  # cleared by an unhealthy GPU
+        self.dead_reason: str | None = None
+        self._consumer: Consumer | None = None
+        self._group_metadata: Any = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight = 0
+        self._paused: set[int] = set()
+        self._slot_freed = asyncio.Event()
+        self._commit_wanted = asyncio.Event()
+        self._runner = RequestRunner(
+            engine,
+            RunnerConfig(
+                worker_id=self.options.worker_id,
+                results_topic=settings.topics.results,
+                dlq_topic=settings.topics.dlq,
+                max_attempts=self.options.max_attempts,
+                retry_initial_s=self.options.retry_initial_s,
+                retry_max_s=self.options.retry_max_s,
+            ),
+        )
+
+    # -- sizing ---------------------------------------------------------------
+    @property
+    def in_flight_cap(self) -> int:
+        return self.options.in_flight_cap or 2 * self.engine.max_concurrency
+
+    @property
+    def max_uncommitted(self) -> int:
+        return self.options.max_uncommitted or 4 * self.in_flight_cap
+
+    def _flow(self, stopping: bool) -> FlowState:
+        return FlowState(
+            in_flight=self._in_flight,
+            in_flight_cap=self.in_flight_cap,
+            uncommitted=sum(p.progress.uncommitted for p in self.owned.values()),
+            max_uncommitted=self.max_uncommitted,
+            accepting=self.accepting_work and not stopping and self.dead_reason is None,
+        )
+
+    def set_assignment(self, partitions: set[int]) -> None:
+        """The partitions this worker should own; applied by the main loop."""
+        self.desired = set(partitions)
+
+    # -- main loop ------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> int:
+        """Run until `stop` (exit 0 after draining) or engine death (exit 3)."""
+        self._consumer = Consumer(self._consumer_config())
+        self._group_metadata = self._consumer.consumer_group_metadata()
+        await self.engine.start()
+        metrics.ENGINE_CONCURRENCY.set(self.engine.max_concurrency)
+        committer = asyncio.create_task(self._commit_loop(), name="committer")
+        try:
+            while not stop.is_set() and self.dead_reason is None:
+                if self.desired != set(self.owned):
+                    await self._reconcile()
+                await self._consume_once(stopping=False)
+                self._update_gauges()
+        finally:
+            committer.cancel()
+            await asyncio.gather(committer, return_exceptions=True)
+        if self.dead_reason is not None:
+            await self._die()
+            return EXIT_ENGINE_DEAD
+        await self._drain()
+        return 0
+
+    async def _consume_once(self, stopping: bool) -> None:
+        consumer = self._require_consumer()
+        flow = self._flow(stopping)
+        releasing = {p for p, owned in self.owned.items() if owned.releasing}
+        self._set_paused(paused_partitions(flow, set(self.owned), releasing))
+        budget = room(flow)
+        if budget == 0 or not self.owned:
+            self._slot_freed.clear()
+            try:
+                await asyncio.wait_for(self._slot_freed.wait(), timeout=0.1)
+            except TimeoutError:
+                pass
+            return
+        messages = await asyncio.to_thread(consumer.consume, min(budget, 500), 0.1)
+        for message in messages:
+            self._accept(message)
+
+    def _accept(self, message: Message) -> None:
+        error = message.error()
+        if error is not None:
+            log.warning("consume error", error=str(error))
+            return
+        part = self.owned.get(message.partition())
+        if part is None or part.releasing:
+            return  # fetched before the partition was released: its new owner reads it
+        offset = message.offset()
+        origin = Origin(
+            message.topic(), message.partition(), offset, message.key(), message.value()
+        )
+        part.progress.started(offset)
+        try:
+            record = codec(REQUEST).decode(message.value())
+        except DecodeError as exc:
+            metrics.DEAD_LETTERS.labels("decode", "DecodeError").inc()
+            dead = dead_letter_record(
+                self.settings.topics.dlq,
+                origin,
+                "DecodeError",
+                str(exc),
+                "decode",
+                0,
+                self.options.worker_id,
+            )
+            part.progress.finished(offset, [dead])
+            return
+        self._in_flight += 1
+        task = asyncio.create_task(self._run_request(part, origin, record))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_request(
+        self, part: OwnedPartition, origin: Origin, record: dict[str, Any]
+    ) -> None:
+        try:
+            outputs = await self._runner.run(origin, record)
+        except EngineDeadError as exc:
+            self.dead_reason = str(exc)
+            log.error("engine dead", error=str(exc))
+            return
+        finally:
+            self._in_flight -= 1
+            self._slot_freed.set()
+        if self.owned.get(part.partition) is not part:
+            return  # released or lost meanwhile: the new owner redoes it from the commit
+        part.progress.finished(origin.offset, outputs)
+        if sum(p.progress.ready() for p in self.owned.values()) >= self.options.commit_max_records:
+            self._commit_wanted.set()
+
+    # -- committing -----------------------------------------------------------
+    async def _commit_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(
+                    self._commit_wanted.wait(), timeout=self.options.commit_interval_s
+                )
+            except TimeoutError:
+                pass
+            self._commit_wanted.clear()
+            await self.commit_all()
+
+    async def commit_all(self) -> None:
+        await asyncio.gather(*(self._commit(part) for part in list(self.owned.values())))
+
+    async def _commit(self, part: OwnedPartition) -> None:
+        async with part.lock:
+            if self.owned.get(part.partition) is not part:
+                return
+            plan = part.progress.plan()
+            if plan is None:
+                return
+            offset = TopicPartition(self.topic, part.partition, plan.next_offset)
+            started = asyncio.get_running_loop().time()
+            try:
+                await asyncio.to_thread(part.txn.commit, plan.outputs, offset, self._group_metadata)
+            except FencedError as exc:
+                metrics.ABORTS.labels("fenced").inc()
+                log.warning(
+                    "partition fenced by a new owner", partition=part.partition, error=str(exc)
+                )
+                # Lost, not released: only a new assignment may give it back, or two
+                # owners would fence each other in turn.
+                self.desired.discard(part.partition)
+                await self._forget(part)
+                return
+            except KafkaUnavailableError as exc:
+                metrics.ABORTS.labels("broker").inc()
+                log.warning("commit failed, will retry", partition=part.partition, error=str(exc))
+                return
+            metrics.COMMIT_SECONDS.observe(asyncio.get_running_loop().time() - started)
+            metrics.COMMITS.inc()
+            results = sum(1 for r in plan.outputs if r.topic == self.settings.topics.results)
+            metrics.RESULTS.labels(self.engine.name).inc(results)
+            part.progress.committed(plan)
+
+    # -- ownership ------------------------------------------------------------
+    async def _reconcile(self) -> None:
+        for partition in sorted(set(self.owned) - self.desired):
+            await self._release(self.owned[partition])
+        for partition in sorted(self.desired - set(self.owned)):
+            await self._take(partition)
+        metrics.OWNED_PARTITIONS.set(len(self.owned))
+
+    async def _take(self, partition: int) -> None:
+        consumer = self._require_consumer()
+        txn = PartitionTransactions(
+            self.settings.kafka_config(**self._producer_overrides()),
+            transactional_id(self.settings.topics.prefix, self.topic, partition),
+        )
+        await asyncio.to_thread(txn.open)  # fences the previous owner first
+        tp = TopicPartition(self.topic, partition)
+        [committed] = await asyncio.to_thread(consumer.committed, [tp], 30)
+        start = committed.offset
+        if start < 0:
+            low, _ = await asyncio.to_thread(consumer.get_watermark_offsets, tp, 30, False)
+            start = low
+        self.owned[partition] = OwnedPartition(partition, txn, PartitionProgress(start))
+        consumer.incremental_assign(
+            [TopicPartition(self.topic, partition, start or OFFSET_BEGINNING)]
+        )
+        log.info("partition taken", partition=partition, offset=start)
+
+    async def _release(self, part: OwnedPartition) -> None:
+        """Stop taking records, let in-flight ones finish (bounded), commit, hand over."""
+        part.releasing = True
+        self._set_paused(self._paused | {part.partition})
+        deadline = asyncio.get_running_loop().time() + self.options.drain_grace_s
+        while part.progress.in_flight and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        await self._commit(part)
+        await self._forget(part)
+        log.info("partition released", partition=part.partition)
+
+    async def _forget(self, part: OwnedPartition) -> None:
+        if self.owned.get(part.partition) is part:
+            del self.owned[part.partition]
+        self._paused.discard(part.partition)
+        self._require_consumer().incremental_unassign([TopicPartition(self.topic, part.partition)])
+        await asyncio.to_thread(part.txn.close)
+        metrics.OWNED_PARTITIONS.set(len(self.owned))
+
+    # -- stopping -------------------------------------------------------------
+    async def _drain(self) -> None:
+        """SIGTERM: stop fetching, finish in-flight work within the grace period, commit."""
+        self._set_paused(set(self.owned))
+        deadline = asyncio.get_running_loop().time() + self.options.drain_grace_s
+        while self._in_flight and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        abandoned = self._in_flight
+        await self._cancel_tasks()
+        await self.commit_all()
+        for part in list(self.owned.values()):
+            await self._forget(part)
+        await self._close()
+        log.info("drained", abandoned=abandoned)
+
+    async def _die(self) -> None:
+        """Engine dead: publish nothing more; abandon in-flight work to the next owner."""
+        await self._cancel_tasks()
+        for part in list(self.owned.values()):
+            await self._forget(part)
+        await self._close()
+
+    async def _cancel_tasks(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _close(self) -> None:
+        await self.engine.close()
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+    # -- helpers --------------------------------------------------------------
+    def _set_paused(self, wanted: set[int]) -> None:
+        consumer = self._require_consumer()
+        to_pause = wanted - self._paused
+        to_resume = (self._paused - wanted) & set(self.owned)
+        if to_pause:
+            consumer.pause([TopicPartition(self.topic, p) for p in to_pause])
+        if to_resume:
+            consumer.resume([TopicPartition(self.topic, p) for p in to_resume])
+        self._paused = wanted & set(self.owned)
+
+    def _update_gauges(self) -> None:
+        metrics.IN_FLIGHT.set(self._in_flight)
+        metrics.BATCH_SIZE.set(self.engine.running)
+        metrics.UNCOMMITTED.set(sum(p.progress.uncommitted for p in self.owned.values()))
+
+    def _require_consumer(self) -> Consumer:
+        if self._consumer is None:
+            raise RuntimeError("worker consumer used outside run()")
+        return self._consumer
+
+    def _consumer_config(self) -> dict[str, Any]:
+        return self.settings.kafka_config(
+            **{
+                "group.id": self.settings.inference_group,
+                "client.id": f"kbatch-inference-{self.options.worker_id}",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "isolation.level": "read_committed",
+                "auto.offset.reset": "earliest",
+                "fetch.max.bytes": self.options.fetch_max_bytes,
+                "queued.max.messages.kbytes": self.options.queued_max_kbytes,
+            }
+        )
+
+    def _producer_overrides(self) -> dict[str, Any]:
+        return {
+            "transaction.timeout.ms": self.options.transaction_timeout_ms,
+            "linger.ms": 5,
+            "compression.type": "lz4",
+            "client.id": f"kbatch-inference-{self.options.worker_id}",
+        }

@@ -1,0 +1,133 @@
+"""Inference workers against the real broker: exactly once through crashes and fencing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.codec import MARKER, REQUEST, codec
+from tests.kafka_helpers import unique_topics, wait_for
+from tests.pipeline_helpers import outcomes, publish, request_record, start_worker
+
+pytestmark = pytest.mark.integration
+
+SMALL = {"high_partitions": 1, "normal_partitions": 2, "low_partitions": 1}
+
+
+def test_each_request_ends_exactly_once_as_result_or_dead_letter(
+    bootstrap: str, tmp_path: Path
+) -> None:
+    topics = unique_topics(bootstrap, **SMALL)
+    records = [request_record("job-eo", i, max_tokens=4) for i in range(300)]
+    too_long = request_record("job-eo", 999, max_tokens=5000)  # over max_model_len=4096
+    truncated = codec(REQUEST).encode(request_record("job-eo", 1000))[:-3]
+    unknown_schema = MARKER + b"\x01" * 8 + b"payload"
+    publish(bootstrap, topics, [*records, too_long], raw=[os.urandom(64), truncated, unknown_schema])
+
+    worker, _ = start_worker(
+        bootstrap, topics, tmp_path, "w1", "0-3",
+        SIMULATED__STEP_S="0.002", SIMULATED__FAULT_TRANSIENT_RATE="0.2", MAX_ATTEMPTS="3",
+    )
+    try:
+        found = outcomes(bootstrap, topics, expect=304)
+    finally:
+        assert worker.terminate() == 0, worker.log()
+
+    assert found.total == 304
+    assert max(found.result_ids().values()) == 1
+    assert all(r["engine"] == "simulated" for r in found.results)
+    assert all(r["output"]["text"].startswith("[simulated]") for r in found.results)
+    by_class = {}
+    for letter, headers in found.dead:
+        by_class.setdefault(letter["error_class"], []).append(letter)
+        assert headers["kbatch-dlq-error-class"].decode() == letter["error_class"]
+        assert headers["kbatch-dlq-original-topic"].decode() == topics.requests
+        assert letter["original_value"] is not None
+    assert len(by_class["DecodeError"]) == 3  # random bytes, truncated Avro, unknown schema
+    assert [d["custom_id"] for d in by_class["InvalidRequestError"]] == ["job-eo-999"]
+    # Transient faults at 20% per try with 3 tries: nearly all succeed, some exhaust.
+    exhausted = by_class.get("TransientEngineError", [])
+    assert all(d["stage"] == "retries_exhausted" and d["attempt"] == 3 for d in exhausted)
+    ids = set(found.result_ids()) | {d["request_id"] for d in by_class.get("TransientEngineError", [])}
+    assert ids == {r["request_id"] for r in records}
+    # The DLQ keeps the original bytes unchanged.
+    decoded_again = codec(REQUEST).decode(by_class["InvalidRequestError"][0]["original_value"])
+    assert decoded_again["custom_id"] == "job-eo-999"
+
+
+def test_kill_9_mid_run_then_restart_loses_and_duplicates_nothing(
+    bootstrap: str, tmp_path: Path
+) -> None:
+    topics = unique_topics(bootstrap, **SMALL)
+    records = [request_record("job-k", i, max_tokens=8) for i in range(1500)]
+    publish(bootstrap, topics, records)
+    options = {"SIMULATED__STEP_S": "0.005", "SIMULATED__MAX_NUM_SEQS": "32"}
+    first, url = start_worker(bootstrap, topics, tmp_path, "k1", "0-3", **options)
+    wait_for(lambda: 200 <= len(outcomes(bootstrap, topics, 0, timeout_s=0).results), 60)
+    first.kill()
+    partial = outcomes(bootstrap, topics, 0, timeout_s=0).total
+    assert partial < 1500, "the crash should land mid-run"
+
+    second, _ = start_worker(bootstrap, topics, tmp_path, "k2", "0-3", **options)
+    try:
+        found = outcomes(bootstrap, topics, expect=1500, timeout_s=90)
+    finally:
+        assert second.terminate() == 0, second.log()
+    assert found.total == 1500
+    assert set(found.result_ids()) == {r["request_id"] for r in records}
+    assert max(found.result_ids().values()) == 1
+
+
+def test_a_zombie_whose_partitions_moved_cannot_commit(bootstrap: str, tmp_path: Path) -> None:
+    topics = unique_topics(bootstrap, **SMALL)
+    records = [request_record("job-z", i, max_tokens=8) for i in range(800)]
+    publish(bootstrap, topics, records)
+    options = {"SIMULATED__STEP_S": "0.01", "SIMULATED__MAX_NUM_SEQS": "16"}
+    zombie, zombie_url = start_worker(bootstrap, topics, tmp_path, "zombie", "0-3", **options)
+    wait_for(lambda: outcomes(bootstrap, topics, 0, timeout_s=0).results, 60)
+    os.kill(zombie.process.pid, signal.SIGSTOP)  # frozen mid-work, holding uncommitted results
+    try:
+        heir, _ = start_worker(bootstrap, topics, tmp_path, "heir", "0-3", **options)
+        time.sleep(1)
+        os.kill(zombie.process.pid, signal.SIGCONT)  # wakes up and tries to commit
+        found = outcomes(bootstrap, topics, expect=800, timeout_s=120)
+
+        def zombie_was_fenced() -> bool:
+            # A partition leaves the zombie when its commit is refused for the new owner's epoch.
+            owned = httpx.get(f"{zombie_url}/healthz").json()["owned_partitions"]
+            return len(owned) < 4 and "partition fenced by a new owner" in zombie.log()
+
+        wait_for(zombie_was_fenced, 30)
+    finally:
+        os.kill(zombie.process.pid, signal.SIGCONT)
+        zombie.terminate()
+        assert heir.terminate() == 0, heir.log()
+    assert found.total == 800
+    assert max(found.result_ids().values()) == 1
+    assert set(found.result_ids()) == {r["request_id"] for r in records}
+
+
+def test_sigterm_drains_commits_and_exits_zero(bootstrap: str, tmp_path: Path) -> None:
+    topics = unique_topics(bootstrap, **SMALL)
+    records = [request_record("job-t", i, max_tokens=20) for i in range(1000)]
+    publish(bootstrap, topics, records)
+    options = {"SIMULATED__STEP_S": "0.005", "SIMULATED__MAX_NUM_SEQS": "16"}
+    worker, _ = start_worker(bootstrap, topics, tmp_path, "t1", "0-3", **options)
+    wait_for(lambda: outcomes(bootstrap, topics, 0, timeout_s=0).results, 60)
+    assert worker.terminate() == 0, worker.log()
+    assert "drained" in worker.log()
+    after_stop = outcomes(bootstrap, topics, 0, timeout_s=0)
+    assert 0 < after_stop.total < 1000
+
+    rest, _ = start_worker(bootstrap, topics, tmp_path, "t2", "0-3", **options)
+    try:
+        found = outcomes(bootstrap, topics, expect=1000, timeout_s=90)
+    finally:
+        assert rest.terminate() == 0, rest.log()
+    assert set(found.result_ids()) == {r["request_id"] for r in records}
+    assert max(found.result_ids().values()) == 1

@@ -1,0 +1,115 @@
+"""Publish request records and read back outcomes, for worker tests."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Producer
+
+from services.codec import DEAD_LETTER, REQUEST, RESULT, codec
+from services.ingest.validation import request_id_for
+from services.settings import TopicSettings
+from tests.kafka_helpers import free_port, read_topic
+from tests.processes import ServiceProcess
+
+
+def request_record(job: str, index: int, lane: str = "normal", **body: Any) -> dict[str, Any]:
+    custom_id = f"{job}-{index}"
+    return {
+        "request_id": request_id_for(job, custom_id),
+        "job_id": job,
+        "custom_id": custom_id,
+        "tenant": "test",
+        "priority": lane,
+        "endpoint": "/v1/chat/completions",
+        "model": "kbatch-sim",
+        "body": {"messages": [{"role": "user", "content": f"prompt {index}"}], **body},
+        "submitted_at_ms": int(time.time() * 1000),
+        "attempt": 0,
+    }
+
+
+def publish(
+    bootstrap: str, topics: TopicSettings, records: list[dict[str, Any]], raw: list[bytes] = ()
+) -> None:
+    """Records spread over all partitions round-robin; `raw` values published as they are."""
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    partitions = topics.lane_layout().total
+    for i, record in enumerate(records):
+        producer.produce(
+            topics.requests,
+            codec(REQUEST).encode(record),
+            key=record["request_id"].encode(),
+            partition=i % partitions,
+        )
+    for i, value in enumerate(raw):
+        producer.produce(topics.requests, value, partition=i % partitions)
+    assert producer.flush(30) == 0
+
+
+@dataclass
+class Outcomes:
+    results: list[dict[str, Any]]
+    dead: list[tuple[dict[str, Any], dict[str, bytes]]]
+
+    def result_ids(self) -> Counter[str]:
+        return Counter(r["request_id"] for r in self.results)
+
+    def dead_ids(self) -> Counter[str | None]:
+        return Counter(d["request_id"] for d, _ in self.dead)
+
+    @property
+    def total(self) -> int:
+        return len(self.results) + len(self.dead)
+
+
+def outcomes(bootstrap: str, topics: TopicSettings, expect: int, timeout_s: float = 60) -> Outcomes:
+    """Everything committed to results and DLQ, read with read_committed."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        results = read_topic(bootstrap, topics.results, timeout_s=10)
+        dead = read_topic(bootstrap, topics.dlq, timeout_s=10)
+        found = Outcomes(
+            [codec(RESULT).decode(m.value()) for m in results],
+            [
+                (codec(DEAD_LETTER).decode(m.value()), dict(m.headers() or []))
+                for m in dead
+            ],
+        )
+        if found.total >= expect or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+def start_worker(
+    bootstrap: str,
+    topics: TopicSettings,
+    log_dir: Path,
+    name: str,
+    partitions: str,
+    **options: str,
+) -> tuple[ServiceProcess, str]:
+    port = free_port()
+    env = {
+        "KBATCH_BOOTSTRAP_SERVERS": bootstrap,
+        "KBATCH_TOPICS__PREFIX": topics.prefix,
+        "KBATCH_TOPICS__HIGH_PARTITIONS": str(topics.high_partitions),
+        "KBATCH_TOPICS__NORMAL_PARTITIONS": str(topics.normal_partitions),
+        "KBATCH_TOPICS__LOW_PARTITIONS": str(topics.low_partitions),
+        "KBATCH_INFERENCE__ENGINE": "simulated",
+        "KBATCH_INFERENCE__WORKER_ID": name,
+        "KBATCH_INFERENCE__PARTITIONS": partitions,
+        "KBATCH_INFERENCE__HTTP_PORT": str(port),
+        "KBATCH_INFERENCE__COMMIT_INTERVAL_S": "0.2",
+        "KBATCH_INFERENCE__RETRY_INITIAL_S": "0.01",
+        "KBATCH_INFERENCE__RETRY_MAX_S": "0.05",
+        **{f"KBATCH_INFERENCE__{k.upper()}": v for k, v in options.items()},
+    }
+    process = ServiceProcess(["inference"], env, log_dir / f"{name}.log")
+    url = f"http://127.0.0.1:{port}"
+    process.wait_healthy(f"{url}/healthz")
+    return process, url
