@@ -125,9 +125,11 @@ class Codec:
         buffer.seek(HEADER_LENGTH)
         reader = None if writer is self.reader else self.reader.parsed
         try:
-            record: dict[str, Any] = schemaless_reader(buffer, writer.parsed, reader)
+            record = schemaless_reader(buffer, writer.parsed, reader)
         except _BODY_ERRORS as exc:
             raise DecodeError(f"corrupt {writer.name} v{writer.version} body: {exc!r}") from exc
+        if not isinstance(record, dict):
+            raise DecodeError(f"{writer.name} did not decode to a record")
         if buffer.tell() != len(data):
             raise DecodeError(f"{len(data) - buffer.tell()} trailing bytes after the record")
         return record

@@ -75,10 +75,7 @@ def outcomes(bootstrap: str, topics: TopicSettings, expect: int, timeout_s: floa
         dead = read_topic(bootstrap, topics.dlq, timeout_s=10)
         found = Outcomes(
             [codec(RESULT).decode(m.value()) for m in results],
-            [
-                (codec(DEAD_LETTER).decode(m.value()), dict(m.headers() or []))
-                for m in dead
-            ],
+            [(codec(DEAD_LETTER).decode(m.value()), dict(m.headers() or [])) for m in dead],
         )
         if found.total >= expect or time.monotonic() > deadline:
             return found

@@ -17,7 +17,7 @@ class OutRecord:
     topic: str
     key: bytes | None
     value: bytes
-    headers: list[tuple[str, bytes]]
+    headers: list[tuple[str, str | bytes | None]]
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,10 @@ def result_record(
             "completed_at_ms": _now_ms(),
         }
     )
-    headers = [("kbatch-job-id", request["job_id"].encode()), ("kbatch-engine", engine.encode())]
+    headers: list[tuple[str, str | bytes | None]] = [
+        ("kbatch-job-id", request["job_id"].encode()),
+        ("kbatch-engine", engine.encode()),
+    ]
     # Keyed by job so one job's results stay together, in order, on one partition.
     return OutRecord(topic, request["job_id"].encode(), value, headers)
 
@@ -110,7 +113,7 @@ def dead_letter_record(
             "custom_id": request["custom_id"] if request else None,
         }
     )
-    headers = [
+    headers: list[tuple[str, str | bytes | None]] = [
         ("kbatch-dlq-original-topic", origin.topic.encode()),
         ("kbatch-dlq-original-partition", str(origin.partition).encode()),
         ("kbatch-dlq-original-offset", str(origin.offset).encode()),

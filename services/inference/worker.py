@@ -14,6 +14,7 @@ Design notes:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,14 @@ from services.inference.transactions import PartitionTransactions, transactional
 from services.logs import get_logger
 
 log = get_logger("worker")
+
+
+async def _wait(event: asyncio.Event, timeout_s: float) -> None:
+    """Wait for `event`, or for `timeout_s` to pass, whichever comes first."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout_s)
+
+
 EXIT_ENGINE_DEAD = 3
 
 
@@ -128,10 +137,7 @@ class Worker:
         budget = room(flow)
         if budget == 0 or not self.owned:
             self._slot_freed.clear()
-            try:
-                await asyncio.wait_for(self._slot_freed.wait(), timeout=0.1)
-            except TimeoutError:
-                pass
+            await _wait(self._slot_freed, 0.1)
             return
         messages = await asyncio.to_thread(consumer.consume, min(budget, 500), 0.1)
         for message in messages:
@@ -142,13 +148,12 @@ class Worker:
         if error is not None:
             log.warning("consume error", error=str(error))
             return
-        part = self.owned.get(message.partition())
+        partition, offset = message.partition(), message.offset()
+        assert partition is not None and offset is not None  # set on every fetched record
+        part = self.owned.get(partition)
         if part is None or part.releasing:
             return  # fetched before the partition was released: its new owner reads it
-        offset = message.offset()
-        origin = Origin(
-            message.topic(), message.partition(), offset, message.key(), message.value()
-        )
+        origin = Origin(self.topic, partition, offset, message.key(), message.value())
         part.progress.started(offset)
         try:
             record = codec(REQUEST).decode(message.value())
@@ -191,12 +196,7 @@ class Worker:
     # -- committing -----------------------------------------------------------
     async def _commit_loop(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(
-                    self._commit_wanted.wait(), timeout=self.options.commit_interval_s
-                )
-            except TimeoutError:
-                pass
+            await _wait(self._commit_wanted, self.options.commit_interval_s)
             self._commit_wanted.clear()
             await self.commit_all()
 

@@ -19,7 +19,6 @@ from services.kafka.lag import BacklogMonitor
 from services.kafka.producer import AsyncProducer, DeliveryBatch
 from services.lanes import LaneLayout
 
-
 _MAX_UNCONFIRMED_CHUNKS = 8
 
 

@@ -105,7 +105,7 @@ class AsyncProducer:
         partition: int | None = None,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
-        """Hand one record to librdkafka; waits (without blocking the loop) while its queue is full."""
+        """Hand one record to librdkafka; waits, without blocking the loop, while it is full."""
         kwargs: dict[str, Any] = {"key": key, "on_delivery": batch.on_delivery}
         if partition is not None:
             kwargs["partition"] = partition

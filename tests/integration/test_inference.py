@@ -27,11 +27,19 @@ def test_each_request_ends_exactly_once_as_result_or_dead_letter(
     too_long = request_record("job-eo", 999, max_tokens=5000)  # over max_model_len=4096
     truncated = codec(REQUEST).encode(request_record("job-eo", 1000))[:-3]
     unknown_schema = MARKER + b"\x01" * 8 + b"payload"
-    publish(bootstrap, topics, [*records, too_long], raw=[os.urandom(64), truncated, unknown_schema])
+    publish(
+        bootstrap, topics, [*records, too_long], raw=[os.urandom(64), truncated, unknown_schema]
+    )
 
     worker, _ = start_worker(
-        bootstrap, topics, tmp_path, "w1", "0-3",
-        SIMULATED__STEP_S="0.002", SIMULATED__FAULT_TRANSIENT_RATE="0.2", MAX_ATTEMPTS="3",
+        bootstrap,
+        topics,
+        tmp_path,
+        "w1",
+        "0-3",
+        SIMULATED__STEP_S="0.002",
+        SIMULATED__FAULT_TRANSIENT_RATE="0.2",
+        MAX_ATTEMPTS="3",
     )
     try:
         found = outcomes(bootstrap, topics, expect=304)
@@ -53,7 +61,9 @@ def test_each_request_ends_exactly_once_as_result_or_dead_letter(
     # Transient faults at 20% per try with 3 tries: nearly all succeed, some exhaust.
     exhausted = by_class.get("TransientEngineError", [])
     assert all(d["stage"] == "retries_exhausted" and d["attempt"] == 3 for d in exhausted)
-    ids = set(found.result_ids()) | {d["request_id"] for d in by_class.get("TransientEngineError", [])}
+    ids = set(found.result_ids()) | {
+        d["request_id"] for d in by_class.get("TransientEngineError", [])
+    }
     assert ids == {r["request_id"] for r in records}
     # The DLQ keeps the original bytes unchanged.
     decoded_again = codec(REQUEST).decode(by_class["InvalidRequestError"][0]["original_value"])
@@ -67,8 +77,8 @@ def test_kill_9_mid_run_then_restart_loses_and_duplicates_nothing(
     records = [request_record("job-k", i, max_tokens=8) for i in range(1500)]
     publish(bootstrap, topics, records)
     options = {"SIMULATED__STEP_S": "0.005", "SIMULATED__MAX_NUM_SEQS": "32"}
-    first, url = start_worker(bootstrap, topics, tmp_path, "k1", "0-3", **options)
-    wait_for(lambda: 200 <= len(outcomes(bootstrap, topics, 0, timeout_s=0).results), 60)
+    first, _ = start_worker(bootstrap, topics, tmp_path, "k1", "0-3", **options)
+    wait_for(lambda: len(outcomes(bootstrap, topics, 0, timeout_s=0).results) >= 200, 60)
     first.kill()
     partial = outcomes(bootstrap, topics, 0, timeout_s=0).total
     assert partial < 1500, "the crash should land mid-run"

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
@@ -45,7 +46,7 @@ def test_a_v1_record_decodes_with_the_v2_reader() -> None:
 
 
 def test_a_record_of_another_type_is_refused() -> None:
-    with pytest.raises(DecodeError, match="expected kbatch.InferenceResult"):
+    with pytest.raises(DecodeError, match=r"expected kbatch\.InferenceResult"):
         codec(RESULT).decode(codec(REQUEST).encode(request()))
 
 
@@ -54,7 +55,7 @@ def test_a_record_of_another_type_is_refused() -> None:
     [
         (None, "tombstone"),
         (b"", "marker"),
-        (b"{\"json\": true}", "marker"),
+        (b'{"json": true}', "marker"),
         (MARKER + b"\x00" * 8 + b"xx", "unknown schema fingerprint"),
     ],
 )
@@ -72,10 +73,8 @@ def test_a_truncated_record_is_a_decode_error() -> None:
 @given(st.binary(max_size=200))
 def test_any_bytes_after_a_valid_header_decode_or_fail_cleanly(body: bytes) -> None:
     data = MARKER + codec(REQUEST).writer.fingerprint + body
-    try:
+    with contextlib.suppress(DecodeError):  # the only failure allowed
         codec(REQUEST).decode(data)
-    except DecodeError:
-        pass  # the only failure allowed
 
 
 def test_every_shipped_schema_parses() -> None:
