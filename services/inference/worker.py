@@ -190,7 +190,9 @@ class Worker:
         if self.owned.get(part.partition) is not part:
             return  # released or lost meanwhile: the new owner redoes it from the commit
         part.progress.finished(origin.offset, outputs)
-        if sum(p.progress.ready() for p in self.owned.values()) >= self.options.commit_max_records:
+        # The size trigger must fire before the uncommitted bound stalls consumption.
+        size_bound = min(self.options.commit_max_records, self.max_uncommitted // 2)
+        if sum(p.progress.ready() for p in self.owned.values()) >= size_bound:
             self._commit_wanted.set()
 
     # -- committing -----------------------------------------------------------

@@ -129,10 +129,9 @@ def format_storage(layout: BrokerLayout) -> None:
         "kafka.tools.StorageTool",
         "format",
         "--standalone",
-        "-t",
-        cluster_id,
-        "-c",
-        str(layout.config),
+        # "=" form: a base64 id may begin with "-", which argparse would take for an option.
+        f"--cluster-id={cluster_id}",
+        f"--config={layout.config}",
     )
     completed = subprocess.run(command, capture_output=True, text=True, check=False)
     if completed.returncode != 0:

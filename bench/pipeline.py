@@ -1,0 +1,70 @@
+"""Worker throughput against the simulated engine's closed-form ideal, and the
+worker's message-path ceiling with a zero-cost engine.
+
+Run: make bench-pipeline   (or .venv/bin/python -m bench.pipeline)
+Steady-state rate: results whose completion falls in the middle 80% of the
+run's span, divided by that window (start-up and tail excluded).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from bench.common import OUT, broker, machine
+from services.inference.settings import SimulatedEngineOptions
+from services.inference.simulated import ideal_requests_per_s
+from tests.kafka_helpers import unique_topics
+from tests.pipeline_helpers import outcomes, publish, request_record, start_worker
+
+
+def steady_rate(completed_ms: list[int]) -> float:
+    completed_ms.sort()
+    first, last = completed_ms[0], completed_ms[-1]
+    low, high = first + 0.1 * (last - first), first + 0.9 * (last - first)
+    inside = sum(1 for t in completed_ms if low <= t <= high)
+    return inside / ((high - low) / 1000)
+
+
+def run(bootstrap: str, n: int, max_tokens: int, engine_env: dict[str, str], tag: str) -> float:
+    topics = unique_topics(bootstrap, high_partitions=2, normal_partitions=4, low_partitions=2)
+    publish(bootstrap, topics, [request_record(tag, i, max_tokens=max_tokens) for i in range(n)])
+    worker, _ = start_worker(
+        bootstrap, topics, OUT, f"bench-{tag}", "0-7", LOG_LEVEL="WARNING", **engine_env
+    )
+    try:
+        found = outcomes(bootstrap, topics, expect=n, timeout_s=600)
+    finally:
+        worker.terminate()
+    assert found.total == n and len(found.results) == n, "bench lost or failed requests"
+    return steady_rate([r["completed_at_ms"] for r in found.results])
+
+
+def main() -> None:
+    scale = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0
+    OUT.mkdir(parents=True, exist_ok=True)
+    sim = SimulatedEngineOptions(step_s=0.02, max_num_seqs=64, tokens_per_step=1)
+    max_tokens = 16
+    ideal = ideal_requests_per_s(sim, mean_steps=max_tokens)
+    with broker() as bootstrap:
+        started = time.perf_counter()
+        measured = run(
+            bootstrap,
+            int(4000 * scale),
+            max_tokens,
+            {"SIMULATED__STEP_S": str(sim.step_s), "SIMULATED__MAX_NUM_SEQS": "64"},
+            "sim",
+        )
+        zero = run(bootstrap, int(20000 * scale), 1, {"SIMULATED__STEP_S": "0"}, "zero")
+        wall = time.perf_counter() - started
+    print(f"machine: {machine()}; bench wall {wall:.0f}s")
+    print("| measurement | requests/s |")
+    print("|---|---|")
+    print(f"| simulated engine ideal (64 seqs, 16 tokens, 20 ms/step) | {ideal:,.0f} |")
+    print(f"| worker with simulated engine (steady state) | {measured:,.0f} |")
+    print(f"| efficiency measured / ideal | {measured / ideal:.3f} |")
+    print(f"| worker message path, zero-cost engine (1 worker, 8 partitions) | {zero:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
