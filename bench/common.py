@@ -34,4 +34,5 @@ def broker() -> Iterator[str]:
 
 
 def machine() -> str:
-    return f"{platform.node()} ({os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}), {datetime.now(UTC):%Y-%m-%d}"
+    python = f"{platform.python_implementation()} {platform.python_version()}"
+    return f"{platform.node()} ({os.cpu_count()} cores, {python}), {datetime.now(UTC):%Y-%m-%d}"
