@@ -93,3 +93,11 @@ def inference() -> None:
     from services.inference.main import run
 
     run()
+
+
+@app.command("demo")
+def demo() -> None:
+    """Broker, topics, ingest and two simulated workers; a sample job end to end."""
+    from services.demo import run_demo
+
+    run_demo()
