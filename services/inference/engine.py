@@ -6,6 +6,18 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 
+# The OpenAI body's sampling fields kbatch carries; vLLM's SamplingParams uses the same names.
+SAMPLING_FIELDS = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+)
+
+
 @dataclass(frozen=True)
 class EngineRequest:
     """What an engine needs of an InferenceRequest record."""
@@ -22,19 +34,7 @@ class EngineRequest:
     @classmethod
     def from_record(cls, record: dict[str, Any], attempt: int = 0) -> EngineRequest:
         body = record["body"]
-        sampling = {
-            key: body[key]
-            for key in (
-                "max_tokens",
-                "temperature",
-                "top_p",
-                "stop",
-                "seed",
-                "presence_penalty",
-                "frequency_penalty",
-            )
-            if body.get(key) not in (None, [])
-        }
+        sampling = {key: body[key] for key in SAMPLING_FIELDS if body.get(key) not in (None, [])}
         return cls(
             request_id=record["request_id"],
             endpoint=record["endpoint"],

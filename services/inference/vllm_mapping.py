@@ -5,23 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from services.inference.engine import EngineOutput, EngineRequest
-
-# OpenAI body field -> vLLM SamplingParams argument (same names where vLLM kept them).
-_SAMPLING_FIELDS = (
-    "max_tokens",
-    "temperature",
-    "top_p",
-    "stop",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-)
+from services.inference.engine import SAMPLING_FIELDS, EngineOutput, EngineRequest
 
 
 def sampling_kwargs(request: EngineRequest, default_max_tokens: int = 16) -> dict[str, Any]:
     """Keyword arguments for vllm.SamplingParams (OpenAI defaults max_tokens to 16)."""
-    kwargs = {k: request.sampling[k] for k in _SAMPLING_FIELDS if k in request.sampling}
+    kwargs = {k: request.sampling[k] for k in SAMPLING_FIELDS if k in request.sampling}
     kwargs.setdefault("max_tokens", default_max_tokens)
     return kwargs
 
