@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-
 # The OpenAI body's sampling fields kbatch carries; vLLM's SamplingParams uses the same names.
 SAMPLING_FIELDS = (
     "max_tokens",
