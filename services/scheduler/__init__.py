@@ -1,0 +1,1 @@
+"""The scheduler service: worker heartbeats, partition assignment, job progress."""
