@@ -95,6 +95,14 @@ def inference() -> None:
     run()
 
 
+@app.command("scheduler")
+def scheduler() -> None:
+    """Run the scheduler: assignments by priority, failover, job progress (faust app)."""
+    from services.scheduler.main import run
+
+    run()
+
+
 @app.command("demo")
 def demo() -> None:
     """Broker, topics, ingest and two simulated workers; a sample job end to end."""

@@ -42,6 +42,9 @@ _BODY_ERRORS = (
 REQUEST = "kbatch.InferenceRequest"
 RESULT = "kbatch.InferenceResult"
 DEAD_LETTER = "kbatch.DeadLetter"
+HEARTBEAT = "kbatch.WorkerHeartbeat"
+ASSIGNMENT = "kbatch.WorkerAssignment"
+JOB = "kbatch.JobRecord"
 
 
 @dataclass(frozen=True)

@@ -59,21 +59,15 @@ class LaneLayout:
         return lane_range.start + zlib.crc32(key) % len(lane_range)
 
 
-def lane_backlog(
-    layout: LaneLayout,
-    end_offsets: Mapping[int, int],
-    committed_offsets: Mapping[int, int | None],
-    start_offsets: Mapping[int, int],
-) -> dict[Lane, int]:
-    """Requests not yet consumed, per lane: end offset minus committed offset.
+def unconsumed(start: int, end: int, committed: int | None) -> int:
+    """Records in [start, end) past the committed offset; a partition never committed
+    counts from its log start, so retention-deleted records are not backlog."""
+    return max(0, end - (start if committed is None else max(committed, start)))
 
-    A partition with no committed offset counts from its start (log start
-    offset), so retention-deleted records are not counted as backlog.
-    """
+
+def lane_backlog(layout: LaneLayout, partition_backlog: Mapping[int, int]) -> dict[Lane, int]:
+    """Requests not yet consumed, per lane, from the backlog of each partition."""
     backlog = dict.fromkeys(Lane, 0)
-    for partition, end in end_offsets.items():
-        start = start_offsets.get(partition, 0)
-        committed = committed_offsets.get(partition)
-        consumed_to = start if committed is None else max(committed, start)
-        backlog[layout.lane_of(partition)] += max(0, end - consumed_to)
+    for partition, waiting in partition_backlog.items():
+        backlog[layout.lane_of(partition)] += waiting
     return backlog

@@ -82,6 +82,59 @@ def outcomes(bootstrap: str, topics: TopicSettings, expect: int, timeout_s: floa
         time.sleep(0.5)
 
 
+def shared_env(bootstrap: str, topics: TopicSettings) -> dict[str, str]:
+    """The settings every service of one test's deployment shares."""
+    return {
+        "KBATCH_BOOTSTRAP_SERVERS": bootstrap,
+        "KBATCH_TOPICS__PREFIX": topics.prefix,
+        "KBATCH_TOPICS__HIGH_PARTITIONS": str(topics.high_partitions),
+        "KBATCH_TOPICS__NORMAL_PARTITIONS": str(topics.normal_partitions),
+        "KBATCH_TOPICS__LOW_PARTITIONS": str(topics.low_partitions),
+        "KBATCH_TOPICS__RESULTS_PARTITIONS": str(topics.results_partitions),
+        "KBATCH_TOPICS__DLQ_PARTITIONS": str(topics.dlq_partitions),
+    }
+
+
+def start_scheduler(
+    bootstrap: str, topics: TopicSettings, log_dir: Path, name: str = "scheduler", **options: str
+) -> tuple[ServiceProcess, str]:
+    port = free_port()
+    env = {
+        **shared_env(bootstrap, topics),
+        "KBATCH_SCHEDULER__HTTP_PORT": str(port),
+        "KBATCH_SCHEDULER__DATA_DIR": str(log_dir / f"{name}-data"),
+        "KBATCH_SCHEDULER__HEARTBEAT_TIMEOUT_S": "4",
+        **{f"KBATCH_SCHEDULER__{k.upper()}": v for k, v in options.items()},
+    }
+    process = ServiceProcess(["scheduler"], env, log_dir / f"{name}.log")
+    url = f"http://127.0.0.1:{port}"
+    process.wait_healthy(f"{url}/healthz", timeout_s=90)
+    return process, url
+
+
+def start_follower(
+    bootstrap: str,
+    topics: TopicSettings,
+    log_dir: Path,
+    name: str,
+    pool: str,
+    capacity: int,
+    **options: str,
+) -> tuple[ServiceProcess, str]:
+    """A worker that takes its partitions from the scheduler."""
+    return start_worker(
+        bootstrap,
+        topics,
+        log_dir,
+        name,
+        "",
+        FOLLOW_SCHEDULER="true",
+        POOL=pool,
+        CAPACITY=str(capacity),
+        **options,
+    )
+
+
 def start_worker(
     bootstrap: str,
     topics: TopicSettings,
@@ -92,11 +145,7 @@ def start_worker(
 ) -> tuple[ServiceProcess, str]:
     port = free_port()
     env = {
-        "KBATCH_BOOTSTRAP_SERVERS": bootstrap,
-        "KBATCH_TOPICS__PREFIX": topics.prefix,
-        "KBATCH_TOPICS__HIGH_PARTITIONS": str(topics.high_partitions),
-        "KBATCH_TOPICS__NORMAL_PARTITIONS": str(topics.normal_partitions),
-        "KBATCH_TOPICS__LOW_PARTITIONS": str(topics.low_partitions),
+        **shared_env(bootstrap, topics),
         "KBATCH_INFERENCE__ENGINE": "simulated",
         "KBATCH_INFERENCE__WORKER_ID": name,
         "KBATCH_INFERENCE__PARTITIONS": partitions,

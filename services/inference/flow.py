@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
+
+from services.lanes import LANE_ORDER, Lane
 
 
 @dataclass(frozen=True)
@@ -23,8 +26,24 @@ def room(state: FlowState) -> int:
     )
 
 
-def paused_partitions(state: FlowState, owned: set[int], releasing: set[int]) -> set[int]:
-    """Pause everything while there is no room; always pause partitions being released."""
+def paused_partitions(
+    state: FlowState, owned: Set[int], releasing: Set[int], gated: Set[int] = frozenset()
+) -> set[int]:
+    """Pause everything while there is no room; always pause partitions being released
+    and those a higher lane's backlog holds back."""
     if room(state) == 0:
         return set(owned)
-    return owned & releasing
+    return set(owned) & (set(releasing) | set(gated))
+
+
+def lane_gate(lanes: Mapping[int, Lane], backlog: Mapping[int, int | None]) -> set[int]:
+    """Partitions to hold back: those in a lower lane than the best lane with backlog.
+
+    A worker holding high and low partitions works on the low ones only when the
+    high ones have nothing waiting; an unknown backlog (not fetched yet) counts as none.
+    """
+    waiting = [LANE_ORDER.index(lanes[p]) for p, n in backlog.items() if n and p in lanes]
+    if not waiting:
+        return set()
+    best = min(waiting)
+    return {p for p, lane in lanes.items() if LANE_ORDER.index(lane) > best}

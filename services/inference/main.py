@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from starlette.applications import Starlette
 
 from services.inference import metrics
 from services.inference.engines import build_engine
+from services.inference.following import AssignmentFollower
 from services.inference.gpu import GpuReport, assess, sample_gpus
+from services.inference.heartbeat import HeartbeatPublisher, heartbeat_record
 from services.inference.settings import InferenceSettings, parse_partitions
 from services.inference.worker import Worker
+from services.kafka.producer import AsyncProducer
 from services.lifecycle import install_stop_signals
 from services.logs import configure_logging, get_logger
 from services.ops_http import make_server, ops_routes, serve_until
@@ -73,20 +78,78 @@ async def _run(settings: InferenceSettings) -> int:
     if not await gpu.check() and options.engine == "vllm":
         log.error("no usable GPU for the vllm engine", reasons=gpu.reasons)
         return 2
-    worker.set_assignment(parse_partitions(options.partitions))
     app = Starlette(routes=ops_routes(lambda: _health(worker, gpu)))
     server = make_server(app, options.http_host, options.http_port)
     server_stop = asyncio.Event()
-    serving = asyncio.create_task(serve_until(server, server_stop))
-    watching = asyncio.create_task(gpu.watch())
-    try:
-        code = await worker.run(stop)
-    finally:
-        watching.cancel()
-        server_stop.set()
-        await asyncio.gather(serving, watching, return_exceptions=True)
+    with contextlib.ExitStack() as stack:
+        producer = stack.enter_context(AsyncProducer(settings.kafka_config(**{"linger.ms": 0})))
+        heartbeats = HeartbeatPublisher(
+            producer,
+            settings.topics.heartbeats,
+            lambda: _heartbeat(worker, gpu, leaving=False),
+            options.heartbeat_interval_s,
+        )
+        worker.on_ownership_changed = heartbeats.send_soon
+        if options.follow_scheduler:
+            stack.enter_context(_following(settings, worker, asyncio.get_running_loop()))
+        else:
+            worker.set_assignment(parse_partitions(options.partitions))
+        tasks = [
+            asyncio.create_task(serve_until(server, server_stop)),
+            asyncio.create_task(gpu.watch()),
+            asyncio.create_task(heartbeats.run()),
+        ]
+        try:
+            code = await worker.run(stop)
+        finally:
+            for task in tasks[1:]:
+                task.cancel()
+            server_stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        # Its last word: the scheduler hands its partitions on without waiting for a timeout.
+        heartbeats.snapshot = lambda: _heartbeat(worker, gpu, leaving=True)
+        await heartbeats.send()
     log.info("worker exiting", code=code)
     return code
+
+
+def _heartbeat(worker: Worker, gpu: GpuWatch, leaving: bool) -> dict[str, Any]:
+    options = worker.options
+    return heartbeat_record(
+        worker_id=options.worker_id,
+        pool=options.pool,
+        capacity=options.capacity,
+        engine=worker.engine.name,
+        healthy=worker.dead_reason is None and worker.accepting_work,
+        reasons=gpu.reasons + ((worker.dead_reason,) if worker.dead_reason else ()),
+        gpu=gpu.report,
+        draining=worker.draining or leaving,
+        leaving=leaving,
+        generation=worker.generation,
+        owned=set() if leaving else set(worker.owned),
+    )
+
+
+@contextlib.contextmanager
+def _following(
+    settings: InferenceSettings, worker: Worker, loop: asyncio.AbstractEventLoop
+) -> Iterator[AssignmentFollower]:
+    """Apply the scheduler's assignments to `worker` on the event loop's thread."""
+
+    def deliver(generation: int, partitions: set[int]) -> None:
+        loop.call_soon_threadsafe(worker.set_assignment, partitions, generation)
+
+    follower = AssignmentFollower(
+        settings.kafka_config(),
+        settings.topics.assignments,
+        settings.inference.worker_id,
+        deliver,
+    )
+    follower.start()
+    try:
+        yield follower
+    finally:
+        follower.stop()
 
 
 def run(settings: InferenceSettings | None = None) -> None:

@@ -74,7 +74,10 @@ class InferenceOptions(BaseModel):
     partitions: str = Field(
         "", description="static assignment, e.g. '0-3,7' (the scheduler replaces it when used)"
     )
-    follow_scheduler: bool = Field(False, description="take assignments from the scheduler")
+    follow_scheduler: bool = Field(
+        False, description="take assignments from the scheduler instead of `partitions`"
+    )
+    capacity: int = Field(8, ge=1, description="most partitions the scheduler may give it")
     in_flight_cap: int | None = Field(
         None, ge=1, description="requests in the engine at once; default 2x engine concurrency"
     )

@@ -14,7 +14,7 @@ Design notes:
 from __future__ import annotations
 
 import asyncio
-import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,21 +24,16 @@ from services.codec import REQUEST, codec
 from services.errors import DecodeError, EngineDeadError, FencedError, KafkaUnavailableError
 from services.inference import metrics
 from services.inference.engine import Engine
-from services.inference.flow import FlowState, paused_partitions, room
+from services.inference.flow import FlowState, lane_gate, paused_partitions, room
 from services.inference.outputs import Origin, OutRecord, dead_letter_record
 from services.inference.progress import PartitionProgress
 from services.inference.runner import RequestRunner, RunnerConfig
 from services.inference.settings import InferenceSettings
 from services.inference.transactions import PartitionTransactions, transactional_id
+from services.lifecycle import wait_event
 from services.logs import get_logger
 
 log = get_logger("worker")
-
-
-async def _wait(event: asyncio.Event, timeout_s: float) -> None:
-    """Wait for `event`, or for `timeout_s` to pass, whichever comes first."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout_s)
 
 
 EXIT_ENGINE_DEAD = 3
@@ -63,6 +58,10 @@ class Worker:
         self.topic = settings.topics.requests
         self.owned: dict[int, OwnedPartition] = {}
         self.desired: set[int] = set()
+        self.generation = 0  # of the scheduler's assignment being applied
+        self.draining = False
+        self.on_ownership_changed: Callable[[], None] = lambda: None
+        self._layout = settings.topics.lane_layout()
         self.accepting_work = True  # cleared by an unhealthy GPU
         self.dead_reason: str | None = None
         self._consumer: Consumer | None = None
@@ -102,9 +101,10 @@ class Worker:
             accepting=self.accepting_work and not stopping and self.dead_reason is None,
         )
 
-    def set_assignment(self, partitions: set[int]) -> None:
+    def set_assignment(self, partitions: set[int], generation: int = 0) -> None:
         """The partitions this worker should own; applied by the main loop."""
         self.desired = set(partitions)
+        self.generation = generation
 
     # -- main loop ------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> int:
@@ -113,16 +113,23 @@ class Worker:
         self._group_metadata = self._consumer.consumer_group_metadata()
         await self.engine.start()
         metrics.ENGINE_CONCURRENCY.set(self.engine.max_concurrency)
-        committer = asyncio.create_task(self._commit_loop(), name="committer")
+        stop_committing = asyncio.Event()
+        committer = asyncio.create_task(self._commit_loop(stop_committing), name="committer")
         try:
             while not stop.is_set() and self.dead_reason is None:
                 if self.desired != set(self.owned):
                     await self._reconcile()
+                    self.on_ownership_changed()
                 await self._consume_once(stopping=False)
                 self._update_gauges()
         finally:
-            committer.cancel()
-            await asyncio.gather(committer, return_exceptions=True)
+            self.draining = True
+            self.on_ownership_changed()
+            # Never cancel a commit midway: its thread would finish the transaction
+            # while the progress it covers stayed uncommitted, to be published again.
+            stop_committing.set()
+            self._commit_wanted.set()
+            await committer
         if self.dead_reason is not None:
             await self._die()
             return EXIT_ENGINE_DEAD
@@ -133,11 +140,11 @@ class Worker:
         consumer = self._require_consumer()
         flow = self._flow(stopping)
         releasing = {p for p, owned in self.owned.items() if owned.releasing}
-        self._set_paused(paused_partitions(flow, set(self.owned), releasing))
+        self._set_paused(paused_partitions(flow, set(self.owned), releasing, self._gated()))
         budget = room(flow)
         if budget == 0 or not self.owned:
             self._slot_freed.clear()
-            await _wait(self._slot_freed, 0.1)
+            await wait_event(self._slot_freed, 0.1)
             return
         messages = await asyncio.to_thread(consumer.consume, min(budget, 500), 0.1)
         for message in messages:
@@ -196,11 +203,12 @@ class Worker:
             self._commit_wanted.set()
 
     # -- committing -----------------------------------------------------------
-    async def _commit_loop(self) -> None:
-        while True:
-            await _wait(self._commit_wanted, self.options.commit_interval_s)
+    async def _commit_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await wait_event(self._commit_wanted, self.options.commit_interval_s)
             self._commit_wanted.clear()
-            await self.commit_all()
+            if not stop.is_set():
+                await self.commit_all()
 
     async def commit_all(self) -> None:
         await asyncio.gather(*(self._commit(part) for part in list(self.owned.values())))
@@ -325,6 +333,20 @@ class Worker:
         if to_resume:
             consumer.resume([TopicPartition(self.topic, p) for p in to_resume])
         self._paused = wanted & set(self.owned)
+
+    def _gated(self) -> set[int]:
+        """Lower-lane partitions held back while a higher lane has records waiting."""
+        if len(self.owned) < 2:
+            return set()
+        consumer = self._require_consumer()
+        lanes = {p: self._layout.lane_of(p) for p in self.owned}
+        tps = [TopicPartition(self.topic, p) for p in self.owned]
+        backlog: dict[int, int | None] = {}
+        for tp in consumer.position(tps):
+            _, high = consumer.get_watermark_offsets(tp, cached=True)
+            known = tp.offset >= 0 and high >= 0
+            backlog[tp.partition] = max(0, high - tp.offset) if known else None
+        return lane_gate(lanes, backlog)
 
     def _update_gauges(self) -> None:
         metrics.IN_FLIGHT.set(self._in_flight)

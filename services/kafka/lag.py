@@ -7,32 +7,40 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from services.lanes import Lane, LaneLayout, lane_backlog
+from services.lanes import Lane, LaneLayout, lane_backlog, unconsumed
 from services.logs import get_logger
 
 log = get_logger("lag")
 
 
-def measure_backlog(
-    consumer: Consumer, topic: str, layout: LaneLayout, timeout_s: float = 10
-) -> dict[Lane, int]:
-    """One measurement: end offsets minus the consumer's group's committed offsets.
+def partition_backlog(
+    consumer: Consumer, topic: str, partitions: int, timeout_s: float = 10
+) -> dict[int, int]:
+    """Requests not yet consumed per partition: end offset minus the committed offset
+    of the consumer's group (from the log start where nothing was committed).
 
     A plain Consumer with the inference group's id reads the committed offsets:
     AdminClient.list_consumer_group_offsets crashed the process (SIGSEGV,
     confluent-kafka 2.16) while a fresh broker was still creating its offsets topic.
     """
-    partitions = [TopicPartition(topic, p) for p in range(layout.total)]
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
     committed: dict[int, int | None] = {
         tp.partition: tp.offset if tp.offset >= 0 else None
-        for tp in consumer.committed(partitions, timeout=timeout_s)
+        for tp in consumer.committed(tps, timeout=timeout_s)
     }
-    starts: dict[int, int] = {}
-    ends: dict[int, int] = {}
-    for tp in partitions:
+    backlog: dict[int, int] = {}
+    for tp in tps:
         low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s, cached=False)
-        starts[tp.partition], ends[tp.partition] = low, high
-    return lane_backlog(layout, ends, committed, starts)
+        backlog[tp.partition] = unconsumed(low, high, committed[tp.partition])
+    return backlog
+
+
+def measure_backlog(
+    consumer: Consumer, topic: str, layout: LaneLayout, timeout_s: float = 10
+) -> dict[Lane, int]:
+    """One measurement of the backlog per lane."""
+    by_partition = partition_backlog(consumer, topic, layout.total, timeout_s)
+    return lane_backlog(layout, by_partition)
 
 
 class BacklogMonitor:

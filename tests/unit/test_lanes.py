@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.lanes import Lane, LaneLayout, lane_backlog
+from services.lanes import Lane, LaneLayout, lane_backlog, unconsumed
 
 layouts = st.builds(
     LaneLayout,
@@ -35,11 +35,14 @@ def test_a_lane_without_partitions_is_refused() -> None:
 
 def test_backlog_is_end_minus_committed_per_lane() -> None:
     layout = LaneLayout(1, 2, 1)
-    backlog = lane_backlog(
-        layout,
-        end_offsets={0: 10, 1: 5, 2: 7, 3: 100},
-        committed_offsets={0: 4, 1: None, 2: 7, 3: None},
-        start_offsets={0: 0, 1: 2, 2: 0, 3: 90},
-    )
+    ends, starts = {0: 10, 1: 5, 2: 7, 3: 100}, {0: 0, 1: 2, 2: 0, 3: 90}
+    committed: dict[int, int | None] = {0: 4, 1: None, 2: 7, 3: None}
+    per_partition = {p: unconsumed(starts[p], ends[p], committed[p]) for p in ends}
     # partition 1 never committed: counts from its start (2); 3 from its start (90).
+    assert per_partition == {0: 6, 1: 3, 2: 0, 3: 10}
+    backlog = lane_backlog(layout, per_partition)
     assert backlog == {Lane.HIGH: 6, Lane.NORMAL: 3, Lane.LOW: 10}
+
+
+def test_a_commit_below_the_log_start_counts_from_the_start() -> None:
+    assert unconsumed(start=50, end=60, committed=10) == 10

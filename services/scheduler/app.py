@@ -1,0 +1,238 @@
+"""The scheduler as a faust-streaming app: tables fed by agents, a pass loop, web views.
+
+Tables (changelog-backed, so a restarted scheduler recovers them without
+replaying the source topics): `workers` from heartbeats; `job-results` and
+`job-dead` from the results topic and the DLQ, keyed by job and source partition;
+`jobs` from the job records ingest writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import faust
+from confluent_kafka import Consumer, KafkaException
+
+from services.codec import DEAD_LETTER, HEARTBEAT, JOB, RESULT, codec
+from services.errors import DecodeError, KbatchError
+from services.kafka.lag import partition_backlog
+from services.kafka.producer import AsyncProducer
+from services.lifecycle import wait_event
+from services.logs import get_logger
+from services.scheduler import jobs, metrics
+from services.scheduler.book import AssignmentBook, read_published
+from services.scheduler.core import SchedulerCore
+from services.scheduler.fleet import WorkerState
+from services.scheduler.settings import SchedulerSettings
+from services.scheduler.views import JobTables, register_views
+
+log = get_logger("scheduler")
+
+SWEEP_EVERY_S = 60.0
+
+
+def broker_urls(bootstrap_servers: str) -> str:
+    return ";".join(f"kafka://{host.strip()}" for host in bootstrap_servers.split(","))
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class SchedulerService:
+    """Builds the faust app and holds what its agents, loop and views share."""
+
+    def __init__(self, settings: SchedulerSettings) -> None:
+        self.settings = settings
+        self.options = settings.scheduler
+        topics = settings.topics
+        self.app = faust.App(
+            self.options.app_id or f"{topics.prefix}-scheduler",
+            broker=broker_urls(settings.bootstrap_servers),
+            store="memory://",
+            processing_guarantee=self.options.processing_guarantee,
+            topic_partitions=1,
+            datadir=self.options.data_dir,
+            web_host=self.options.http_host,
+            web_port=self.options.http_port,
+            producer_linger_ms=5,
+        )
+        self.workers = self.app.Table("workers", partitions=1)
+        self.job_tables = JobTables(
+            records=self.app.Table("jobs", partitions=1),
+            results=self.app.Table("job-results", partitions=topics.results_partitions),
+            dead=self.app.Table("job-dead", partitions=topics.dlq_partitions),
+        )
+        self.producer = AsyncProducer(settings.kafka_config(**{"linger.ms": 0}))
+        self.core = SchedulerCore(
+            topics.lane_layout(),
+            AssignmentBook(self.producer, topics.assignments),
+            self._read_backlog,
+            self.options.heartbeat_timeout_s,
+        )
+        self._backlog_consumer: Consumer | None = None
+        self._retention_ms = int(self.options.job_retention_s * 1000)
+        self._wire()
+
+    def _wire(self) -> None:
+        topics = self.settings.topics
+        self.app.agent(self._raw_topic(topics.heartbeats), name="heartbeats")(self._heartbeats)
+        self.app.agent(self._raw_topic(topics.results), name="results")(self._results)
+        self.app.agent(self._raw_topic(topics.dlq), name="dead-letters")(self._dead_letters)
+        self.app.agent(self._raw_topic(topics.jobs), name="jobs")(self._jobs)
+        self.app.task(self._assignment_loop)
+        register_views(
+            self.app,
+            self.core,
+            self.worker_states,
+            self.options.heartbeat_timeout_s,
+            self.job_tables,
+        )
+
+    def _raw_topic(self, name: str) -> Any:
+        return self.app.topic(
+            name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+        )
+
+    def worker_states(self) -> list[WorkerState]:
+        return [WorkerState(v["heartbeat"], v["received_at_ms"]) for v in self.workers.values()]
+
+    # -- agents ---------------------------------------------------------------
+    async def _heartbeats(self, stream: Any) -> None:
+        async for value in stream:
+            beat = _decode(HEARTBEAT, value, "heartbeats")
+            if beat is None:
+                continue
+            previous = self.workers.get(beat["worker_id"])
+            self.workers[beat["worker_id"]] = {"heartbeat": beat, "received_at_ms": now_ms()}
+            if previous is None or _changed(previous["heartbeat"], beat):
+                self.core.wake.set()
+
+    async def _results(self, stream: Any) -> None:
+        sweeper = _Sweeper(self.job_tables.results, self._retention_ms)
+        async for event in stream.events():
+            result = _decode(RESULT, event.value, "results")
+            if result is None:
+                continue
+            failed = result["error"] is not None
+            _count(self.job_tables.results, result["job_id"], event.message, failed=failed)
+            metrics.JOB_OUTCOMES.labels("failed" if failed else "completed").inc()
+            sweeper.maybe(event.message.partition)
+
+    async def _dead_letters(self, stream: Any) -> None:
+        sweeper = _Sweeper(self.job_tables.dead, self._retention_ms)
+        async for event in stream.events():
+            dead = _decode(DEAD_LETTER, event.value, "dlq")
+            if dead is None:
+                continue
+            _count(self.job_tables.dead, dead["job_id"] or "(unknown)", event.message, failed=True)
+            metrics.JOB_OUTCOMES.labels("dead_letter").inc()
+            sweeper.maybe(event.message.partition)
+
+    async def _jobs(self, stream: Any) -> None:
+        async for event in stream.events():
+            job_id = (event.key or b"").decode()
+            if event.value is None:
+                self.job_tables.records.pop(job_id, None)  # tombstone: the job was deleted
+                continue
+            record = _decode(JOB, event.value, "jobs")
+            if record is not None:
+                self.job_tables.records[job_id] = record
+
+    # -- assignment -----------------------------------------------------------
+    async def _assignment_loop(self) -> None:
+        try:
+            with self.producer:
+                await self._assign_forever()
+        finally:
+            if self._backlog_consumer is not None:
+                self._backlog_consumer.close()
+
+    async def _assign_forever(self) -> None:
+        latest = await asyncio.to_thread(
+            read_published, self.settings.kafka_config(), self.settings.topics.assignments
+        )
+        self.core.book.load(latest)
+        self.core.start_from(self.core.book.published)
+        # Heartbeats from before a restart are old: wait one timeout so every live
+        # worker is heard from again before anything is judged gone.
+        await asyncio.sleep(self.options.heartbeat_timeout_s)
+        while True:
+            await self._one_pass()
+            self.core.wake.clear()
+            await wait_event(self.core.wake, self.options.assign_interval_s)
+
+    async def _one_pass(self) -> None:
+        try:
+            await self.core.run_pass(self.worker_states())
+        except (KafkaException, KbatchError) as exc:
+            metrics.PASSES.labels("failed").inc()
+            log.warning("assignment pass failed; the next pass retries", error=str(exc))
+            return
+        metrics.PASSES.labels("ok").inc()
+
+    def _read_backlog(self) -> dict[int, int]:
+        if self._backlog_consumer is None:
+            # Never subscribes or commits: the group id only selects whose offsets are read.
+            self._backlog_consumer = Consumer(
+                {
+                    **self.settings.kafka_config(),
+                    "group.id": self.settings.inference_group,
+                    "enable.auto.commit": False,
+                }
+            )
+        topics = self.settings.topics
+        return partition_backlog(
+            self._backlog_consumer, topics.requests, topics.lane_layout().total
+        )
+
+
+def _decode(name: str, value: bytes | None, topic: str) -> dict[str, Any] | None:
+    """Decode a record; an undecodable one is counted and logged, not counted as progress."""
+    try:
+        return codec(name).decode(value)
+    except DecodeError as exc:
+        metrics.UNDECODABLE.labels(topic).inc()
+        log.error("undecodable record skipped", topic=topic, error=str(exc))
+        return None
+
+
+def _changed(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """A heartbeat that changes what the assignment depends on wakes the pass loop."""
+    fields = ("healthy", "draining", "leaving", "capacity", "pool", "owned", "generation")
+    return any(before.get(f) != after.get(f) for f in fields)
+
+
+def _count(table: Any, job_id: str, message: Any, *, failed: bool) -> None:
+    key = jobs.entry_key(job_id, message.partition)
+    entry = jobs.counted(
+        table.get(key),
+        message.offset,
+        completed=0 if failed else 1,
+        failed=int(failed),
+        now_ms=now_ms(),
+    )
+    if entry is not None:  # None: a replayed event already counted
+        table[key] = entry
+
+
+class _Sweeper:
+    """Expires a table's idle entries of the partition being processed, now and then."""
+
+    def __init__(self, table: Any, retention_ms: int) -> None:
+        self._table = table
+        self._retention_ms = retention_ms
+        self._last: dict[int, float] = {}
+
+    def maybe(self, partition: int) -> None:
+        now = time.monotonic()
+        if now - self._last.get(partition, 0.0) < SWEEP_EVERY_S:
+            return
+        self._last[partition] = now
+        suffix = f"|{partition}"
+        for key, entry in list(self._table.items()):
+            idle = jobs.expired(entry["updated_ms"], now_ms(), self._retention_ms)
+            if key.endswith(suffix) and idle:
+                del self._table[key]

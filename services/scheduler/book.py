@@ -1,0 +1,101 @@
+"""The published assignment: read back from the compacted topic, and republished.
+
+The assignments topic is the scheduler's memory of its decisions: a restarted
+scheduler reads it to the end and carries on from the same lists and generation,
+so a restart moves nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+from services.codec import ASSIGNMENT, codec
+from services.kafka.producer import AsyncProducer, DeliveryBatch
+from services.logs import get_logger
+
+log = get_logger("book")
+
+
+def read_published(
+    kafka_config: dict[str, Any], topic: str
+) -> dict[str, tuple[int, frozenset[int]]]:
+    """Every worker's latest (generation, partitions) on the assignments topic."""
+    consumer = Consumer(
+        {**kafka_config, "group.id": "kbatch-scheduler-book", "enable.auto.commit": False}
+    )
+    try:
+        tp = TopicPartition(topic, 0)
+        _, end = consumer.get_watermark_offsets(tp, timeout=30, cached=False)
+        latest: dict[str, tuple[int, frozenset[int]]] = {}
+        if end == 0:
+            return latest
+        consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        position = 0
+        while position < end:
+            message = consumer.poll(1.0)
+            if message is None:
+                continue
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    raise RuntimeError(f"reading {topic}: {error}")
+                break
+            position = (message.offset() or 0) + 1
+            key = (message.key() or b"").decode()
+            value = message.value()
+            if value is None:
+                latest.pop(key, None)
+                continue
+            record = codec(ASSIGNMENT).decode(value)
+            latest[key] = (record["generation"], frozenset(record["partitions"]))
+        return latest
+    finally:
+        consumer.close()
+
+
+class AssignmentBook:
+    """The lists last published per worker, and the next generation number."""
+
+    def __init__(self, producer: AsyncProducer, topic: str) -> None:
+        self._producer = producer
+        self._topic = topic
+        self.published: dict[str, frozenset[int]] = {}
+        self.generation = 0
+
+    def load(self, latest: Mapping[str, tuple[int, frozenset[int]]]) -> None:
+        self.published = {w: ps for w, (_, ps) in latest.items()}
+        self.generation = max((g for g, _ in latest.values()), default=0)
+
+    async def publish(self, lists: Mapping[str, frozenset[int]]) -> int:
+        """Publish the lists that changed under one new generation; returns how many."""
+        changed = {w: ps for w, ps in lists.items() if self.published.get(w) != ps}
+        if not changed:
+            return 0
+        generation = self.generation + 1
+        batch = DeliveryBatch(asyncio.get_running_loop())
+        now_ms = int(time.time() * 1000)
+        for worker_id, partitions in sorted(changed.items()):
+            record = {
+                "worker_id": worker_id,
+                "generation": generation,
+                "partitions": sorted(partitions),
+                "assigned_at_ms": now_ms,
+            }
+            await self._producer.produce(
+                batch, self._topic, codec(ASSIGNMENT).encode(record), key=worker_id.encode()
+            )
+        await batch.wait()
+        batch.raise_for_errors()
+        self.generation = generation
+        self.published.update(changed)
+        log.info(
+            "assignment published",
+            generation=generation,
+            lists={w: sorted(ps) for w, ps in changed.items()},
+        )
+        return len(changed)

@@ -1,0 +1,31 @@
+"""Prometheus metrics of the scheduler."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+WORKERS = Gauge("kbatch_scheduler_workers", "Live workers", ["pool", "health"])
+PARTITIONS_ASSIGNED = Gauge(
+    "kbatch_scheduler_partitions_assigned", "Request partitions with an owner", ["lane"]
+)
+PARTITIONS_WAITING = Gauge(
+    "kbatch_scheduler_partitions_waiting", "Request partitions waiting for capacity", ["lane"]
+)
+BACKLOG = Gauge("kbatch_scheduler_backlog_requests", "Requests not yet consumed", ["lane"])
+GENERATION = Gauge("kbatch_scheduler_assignment_generation", "Latest published generation")
+MOVES = Counter("kbatch_scheduler_partition_moves_total", "Partitions moved between workers")
+PASSES = Counter("kbatch_scheduler_assignment_passes_total", "Assignment passes", ["outcome"])
+WORKERS_LOST = Counter("kbatch_scheduler_workers_lost_total", "Workers declared gone", ["reason"])
+FAILOVER_SECONDS = Histogram(
+    "kbatch_scheduler_failover_seconds",
+    "From a worker's last heartbeat to its partitions being owned by another worker",
+    buckets=(0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120),
+)
+JOB_OUTCOMES = Counter(
+    "kbatch_scheduler_job_outcomes_total", "Outcomes counted into job progress", ["outcome"]
+)
+UNDECODABLE = Counter(
+    "kbatch_scheduler_undecodable_records_total",
+    "Records the scheduler could not decode",
+    ["topic"],
+)

@@ -1,0 +1,110 @@
+"""The scheduler's web views: /workers, /assignments, /jobs, /healthz, /metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from services.scheduler import jobs
+from services.scheduler.core import SchedulerCore
+from services.scheduler.fleet import WorkerState
+
+
+@dataclass(frozen=True)
+class JobTables:
+    """The faust tables job progress is read from."""
+
+    records: Any
+    results: Any
+    dead: Any
+
+    def view(self, job_id: str) -> dict[str, Any]:
+        prefix = f"{job_id}|"
+        return jobs.job_view(
+            job_id,
+            self.records.get(job_id),
+            [e for k, e in self.results.items() if k.startswith(prefix)],
+            [e for k, e in self.dead.items() if k.startswith(prefix)],
+        )
+
+    def job_ids(self) -> list[str]:
+        ids = set(self.records)
+        ids.update(jobs.job_of(k) for k in self.results)
+        ids.update(jobs.job_of(k) for k in self.dead)
+        return sorted(ids)
+
+
+def register_views(
+    app: faust.App,
+    core: SchedulerCore,
+    worker_states: Callable[[], list[WorkerState]],
+    heartbeat_timeout_s: float,
+    tables: JobTables,
+) -> None:
+    timeout_ms = int(heartbeat_timeout_s * 1000)
+
+    @app.page("/workers")
+    async def workers_view(self: Any, request: Any) -> Any:
+        now_ms = int(time.time() * 1000)
+        rows = []
+        for state in worker_states():
+            beat = dict(state.heartbeat)
+            rows.append(
+                {
+                    **beat,
+                    "alive": state.alive(now_ms, timeout_ms),
+                    "seen_ago_s": round((now_ms - state.received_at_ms) / 1000, 3),
+                    "assigned": sorted(core.book.published.get(state.worker_id, frozenset())),
+                }
+            )
+        return self.json({"workers": sorted(rows, key=lambda r: r["worker_id"])})
+
+    @app.page("/assignments")
+    async def assignments_view(self: Any, request: Any) -> Any:
+        last = core.last
+        decided = {w: sorted(ps) for w, ps in last.decision.by_worker.items()}
+        published = {w: sorted(ps) for w, ps in last.published.items()}
+        handing_over = sorted(
+            p
+            for w, ps in last.decision.by_worker.items()
+            for p in ps - last.published.get(w, frozenset())
+        )
+        return self.json(
+            {
+                "generation": core.book.generation,
+                "pass_at_ms": last.at_ms,
+                "published": published,
+                "decided": decided,
+                "waiting": list(last.decision.waiting),
+                "handing_over": handing_over,
+                "backlog": {str(p): n for p, n in sorted(last.backlog.items())},
+            }
+        )
+
+    @app.page("/jobs")
+    async def jobs_view(self: Any, request: Any) -> Any:
+        return self.json({"jobs": [tables.view(j) for j in tables.job_ids()]})
+
+    @app.page("/jobs/{job_id}")
+    async def job_detail_view(self: Any, request: Any, job_id: str) -> Any:
+        return self.json(tables.view(job_id))
+
+    @app.page("/healthz")
+    async def health_view(self: Any, request: Any) -> Any:
+        # Healthy while passes keep running; a stalled loop fails the probe.
+        age_s = (time.time() * 1000 - core.last.at_ms) / 1000 if core.last.at_ms else None
+        healthy = age_s is not None and age_s < max(10.0, 5 * heartbeat_timeout_s)
+        body = {
+            "status": "ok" if healthy else "starting" if age_s is None else "stalled",
+            "last_pass_age_s": age_s,
+        }
+        return self.json(body, status=200 if healthy or age_s is None else 503)
+
+    @app.page("/metrics")
+    async def metrics_view(self: Any, request: Any) -> Any:
+        return self.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST)
