@@ -72,12 +72,17 @@ def read_topic(
     return messages
 
 
-def wait_for(predicate: Callable[[], Any], timeout_s: float = 30, interval_s: float = 0.2) -> Any:
-    """Poll `predicate` until it returns something truthy."""
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout_s: float = 30,
+    what: str = "condition",
+    interval_s: float = 0.2,
+) -> Any:
+    """Poll `predicate` until it returns something truthy, and return that."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval_s)
-    raise AssertionError(f"condition not met within {timeout_s}s")
+    raise AssertionError(f"{what} not met within {timeout_s}s")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,17 +38,28 @@ def publish(
     bootstrap: str, topics: TopicSettings, records: list[dict[str, Any]], raw: list[bytes] = ()
 ) -> None:
     """Records spread over all partitions round-robin; `raw` values published as they are."""
+    every = range(topics.lane_layout().total)
+    publish_to(bootstrap, topics, records, every, raw)
+
+
+def publish_to(
+    bootstrap: str,
+    topics: TopicSettings,
+    records: list[dict[str, Any]],
+    partitions: Sequence[int],
+    raw: list[bytes] = (),
+) -> None:
+    """Records spread round-robin over `partitions`."""
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
-    partitions = topics.lane_layout().total
     for i, record in enumerate(records):
         producer.produce(
             topics.requests,
             codec(REQUEST).encode(record),
             key=record["request_id"].encode(),
-            partition=i % partitions,
+            partition=partitions[i % len(partitions)],
         )
     for i, value in enumerate(raw):
-        producer.produce(topics.requests, value, partition=i % partitions)
+        producer.produce(topics.requests, value, partition=partitions[i % len(partitions)])
     assert producer.flush(30) == 0
 
 

@@ -58,6 +58,8 @@ class SchedulerService:
             web_host=self.options.http_host,
             web_port=self.options.http_port,
             producer_linger_ms=5,
+            broker_session_timeout=self.options.session_timeout_s,
+            broker_heartbeat_interval=max(1.0, self.options.session_timeout_s / 3),
         )
         self.workers = self.app.Table("workers", partitions=1)
         self.job_tables = JobTables(

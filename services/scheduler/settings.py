@@ -30,6 +30,12 @@ class SchedulerOptions(BaseModel):
         gt=0,
         description="job progress is forgotten this long after its last change",
     )
+    session_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="faust consumer group session: how long a restarted scheduler may wait "
+        "for its dead predecessor to leave the group",
+    )
     data_dir: str = Field(".kbatch/scheduler", description="faust's local data directory")
     processing_guarantee: Literal["exactly_once", "at_least_once"] = Field(
         "exactly_once",
