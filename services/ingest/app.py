@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from services.ingest import metrics
+from services.ingest.jobs import JobBook
 from services.ingest.ledger import JobLedger
 from services.ingest.settings import IngestSettings
 from services.ingest.upload import Publishing, Upload
@@ -45,6 +46,7 @@ class IngestService:
         self.options = settings.ingest
         self.publishing: Publishing | None = None
         self.uploads_in_flight = 0
+        self.jobs: JobBook | None = None
 
     @asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
@@ -61,6 +63,8 @@ class IngestService:
         )
         with AsyncProducer(producer_config) as producer:
             await asyncio.to_thread(backlog.start)
+            self.jobs = JobBook(producer, topics.jobs)
+            await asyncio.to_thread(self.jobs.load, self.settings.kafka_config())
             self.publishing = Publishing(
                 producer=producer,
                 backlog=backlog,
@@ -97,6 +101,7 @@ class IngestService:
         try:
             lane = Lane(request.query_params.get("priority", Lane.NORMAL.value))
             first_line = int(request.query_params.get("first_line", "1"))
+            seal = _flag(request.query_params.get("seal", "false"))
         except ValueError as exc:
             return _error(400, f"bad query parameter: {exc}")
         if self.uploads_in_flight >= self.options.max_uploads_in_flight:
@@ -117,6 +122,20 @@ class IngestService:
             self.uploads_in_flight -= 1
             metrics.UPLOADS_IN_FLIGHT.dec()
         body = outcome.to_json(self.options.max_rejections_listed)
+        complete = not outcome.failed_chunks and outcome.refusal is None
+        assert self.jobs is not None  # set with publishing
+        totals = await self.jobs.add(
+            job_id,
+            tenant,
+            accepted=outcome.accepted,
+            rejected=len(outcome.rejections),
+            seal=seal and complete,
+        )
+        body["job"] = {
+            "accepted": totals.accepted,
+            "rejected": totals.rejected,
+            "sealed": totals.sealed,
+        }
         log.info(
             "upload done",
             job_id=job_id,
@@ -132,11 +151,31 @@ class IngestService:
             return JSONResponse(body, status_code=429, headers=headers)
         return JSONResponse(body)
 
+    async def seal(self, request: Request) -> Response:
+        """No more requests will come for the job: its accepted count is its total."""
+        job_id = request.path_params["job_id"]
+        if self.jobs is None:
+            return _error(503, "ingest is starting")
+        known = self.jobs.get(job_id)
+        if known is None:
+            return _error(404, f"no job {job_id!r} has been uploaded")
+        totals = await self.jobs.add(job_id, known.tenant, accepted=0, rejected=0, seal=True)
+        return JSONResponse({"job_id": job_id, "accepted": totals.accepted, "sealed": True})
+
+
+def _flag(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes"):
+        return True
+    if value.lower() in ("0", "false", "no"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
 
 def create_app(settings: IngestSettings) -> Starlette:
     service = IngestService(settings)
     routes = [
         Route("/v1/jobs/{job_id}/requests", service.upload, methods=["POST"]),
+        Route("/v1/jobs/{job_id}/seal", service.seal, methods=["POST"]),
         *ops_routes(service.health),
     ]
     app = Starlette(routes=routes, lifespan=service.lifespan)

@@ -12,9 +12,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
-
 from services.codec import ASSIGNMENT, codec
+from services.kafka.compacted import read_latest
 from services.kafka.producer import AsyncProducer, DeliveryBatch
 from services.logs import get_logger
 
@@ -25,37 +24,12 @@ def read_published(
     kafka_config: dict[str, Any], topic: str
 ) -> dict[str, tuple[int, frozenset[int]]]:
     """Every worker's latest (generation, partitions) on the assignments topic."""
-    consumer = Consumer(
-        {**kafka_config, "group.id": "kbatch-scheduler-book", "enable.auto.commit": False}
-    )
-    try:
-        tp = TopicPartition(topic, 0)
-        _, end = consumer.get_watermark_offsets(tp, timeout=30, cached=False)
-        latest: dict[str, tuple[int, frozenset[int]]] = {}
-        if end == 0:
-            return latest
-        consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
-        position = 0
-        while position < end:
-            message = consumer.poll(1.0)
-            if message is None:
-                continue
-            error = message.error()
-            if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
-                    raise RuntimeError(f"reading {topic}: {error}")
-                break
-            position = (message.offset() or 0) + 1
-            key = (message.key() or b"").decode()
-            value = message.value()
-            if value is None:
-                latest.pop(key, None)
-                continue
-            record = codec(ASSIGNMENT).decode(value)
-            latest[key] = (record["generation"], frozenset(record["partitions"]))
-        return latest
-    finally:
-        consumer.close()
+
+    def decode(value: bytes) -> tuple[int, frozenset[int]]:
+        record = codec(ASSIGNMENT).decode(value)
+        return record["generation"], frozenset(record["partitions"])
+
+    return read_latest(kafka_config, topic, decode)
 
 
 class AssignmentBook:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from services.codec import REQUEST, Codec, codec
+from services.codec import JOB, REQUEST, Codec, codec
 from services.ingest.validation import request_id_for
 from services.lanes import Lane
 from services.settings import TopicSettings
@@ -50,8 +50,12 @@ class Ingest:
         )
 
 
-def start_ingest(bootstrap: str, tmp_path: Path, **options: str) -> Ingest:
-    topics = unique_topics(bootstrap, high_partitions=2, normal_partitions=3, low_partitions=2)
+def start_ingest(
+    bootstrap: str, tmp_path: Path, topics: TopicSettings | None = None, **options: str
+) -> Ingest:
+    topics = topics or unique_topics(
+        bootstrap, high_partitions=2, normal_partitions=3, low_partitions=2
+    )
     port = free_port()
     env = {
         "KBATCH_BOOTSTRAP_SERVERS": bootstrap,
@@ -63,7 +67,7 @@ def start_ingest(bootstrap: str, tmp_path: Path, **options: str) -> Ingest:
         "KBATCH_INGEST__MAX_LINE_BYTES": "2000",
         **{f"KBATCH_INGEST__{k.upper()}": v for k, v in options.items()},
     }
-    process = ServiceProcess(["ingest"], env, tmp_path / "ingest.log")
+    process = ServiceProcess(["ingest"], env, tmp_path / f"ingest-{port}.log")
     url = f"http://127.0.0.1:{port}"
     process.wait_healthy(f"{url}/healthz")
     return Ingest(process, url, topics)
@@ -218,3 +222,27 @@ def test_records_of_the_previous_schema_version_decode_through_the_broker(
     assert codec(REQUEST).writer.version == 2
     assert decoded["trace_id"] is None  # the field v2 added, filled from its default
     assert decoded["body"]["prompt"] == "hello"
+
+
+def test_job_totals_are_published_and_survive_a_restart(bootstrap: str, tmp_path: Path) -> None:
+    first = start_ingest(bootstrap, tmp_path)
+    try:
+        lines = [chat_line(f"c{i}") for i in range(30)] + [b"{not json"]
+        assert first.upload("job-t", lines).json()["job"] == {
+            "accepted": 30,
+            "rejected": 1,
+            "sealed": False,
+        }
+    finally:
+        assert first.process.terminate() == 0, first.process.log()
+    again = start_ingest(bootstrap, tmp_path, topics=first.topics)
+    try:
+        more = again.upload("job-t", [chat_line(f"d{i}") for i in range(5)], seal="true")
+        assert more.json()["job"] == {"accepted": 35, "rejected": 1, "sealed": True}
+        missing = httpx.post(f"{again.url}/v1/jobs/no-such-job/seal", timeout=10)
+        assert missing.status_code == 404
+    finally:
+        assert again.process.terminate() == 0, again.process.log()
+    records = read_topic(bootstrap, first.topics.jobs, expect=2)
+    last = codec(JOB).decode(records[-1].value())
+    assert (last["job_id"], last["accepted"], last["sealed"]) == ("job-t", 35, True)

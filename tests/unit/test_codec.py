@@ -82,4 +82,7 @@ def test_every_shipped_schema_parses() -> None:
         "kbatch.DeadLetter",
         "kbatch.InferenceRequest",
         "kbatch.InferenceResult",
+        "kbatch.JobRecord",
+        "kbatch.WorkerAssignment",
+        "kbatch.WorkerHeartbeat",
     ]
