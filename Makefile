@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint demo kafka-up kafka-down bench-ingest bench-pipeline clean
+.PHONY: test lint demo kafka-up kafka-down bench-ingest bench-pipeline bench-failover clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ bench-ingest: $(STAMP)
 
 bench-pipeline: $(STAMP)
 	$(BIN)/python -m bench.pipeline
+
+bench-failover: $(STAMP)
+	$(BIN)/python -m bench.failover
 
 clean:
 	rm -rf $(VENV) .kbatch .mypy_cache .ruff_cache .pytest_cache

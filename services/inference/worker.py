@@ -248,8 +248,8 @@ class Worker:
     async def _reconcile(self) -> None:
         for partition in sorted(set(self.owned) - self.desired):
             await self._release(self.owned[partition])
-        for partition in sorted(self.desired - set(self.owned)):
-            await self._take(partition)
+        # Taking a partition waits on init_transactions (the fence): do them together.
+        await asyncio.gather(*(self._take(p) for p in sorted(self.desired - set(self.owned))))
         metrics.OWNED_PARTITIONS.set(len(self.owned))
 
     async def _take(self, partition: int) -> None:
