@@ -1,4 +1,4 @@
-"""Follow the scheduler: this worker's latest record on the compacted assignments topic."""
+"""Follow compacted control topics: this worker's assignment, and cancelled jobs."""
 
 from __future__ import annotations
 
@@ -8,32 +8,30 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-from services.codec import ASSIGNMENT, codec
+from services.codec import ASSIGNMENT, JOB, codec
 from services.errors import DecodeError
 from services.logs import get_logger
 
 log = get_logger("following")
 
 OnAssignment = Callable[[int, set[int]], None]
+OnRecord = Callable[[bytes, bytes | None], None]
 
 
-class AssignmentFollower:
-    """Reads the whole assignments topic on a thread and reports this worker's newest
-    generation to `on_assignment(generation, partitions)`; older generations are ignored."""
+class TopicFollower:
+    """Reads partition 0 of a control topic from the start, forever, on a thread, and
+    hands each (key, value) to `on_record`. Control topics have one partition so that
+    their records stay in order."""
 
-    def __init__(
-        self, kafka_config: dict[str, Any], topic: str, worker_id: str, on_assignment: OnAssignment
-    ) -> None:
+    def __init__(self, kafka_config: dict[str, Any], topic: str, on_record: OnRecord) -> None:
         self._kafka_config = kafka_config
         self._topic = topic
-        self._worker_id = worker_id
-        self._on_assignment = on_assignment
-        self._generation = -1
+        self._on_record = on_record
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="assignments", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"follow-{self._topic}", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -45,13 +43,11 @@ class AssignmentFollower:
         consumer = Consumer(
             {
                 **self._kafka_config,
-                "group.id": f"kbatch-follower-{self._worker_id}",
+                "group.id": "kbatch-follower",
                 "enable.auto.commit": False,
                 "isolation.level": "read_committed",
             }
         )
-        # Partition 0 only: the assignments topic has one partition so that a
-        # worker's records, and the scheduler's generations, stay in order.
         consumer.assign([TopicPartition(self._topic, 0, OFFSET_BEGINNING)])
         try:
             while not self._stop.is_set():
@@ -61,26 +57,53 @@ class AssignmentFollower:
                 error = message.error()
                 if error is not None:
                     if error.code() != KafkaError._PARTITION_EOF:
-                        log.warning("assignments read error", error=str(error))
+                        log.warning("control topic read error", topic=self._topic, error=str(error))
                     continue
-                if message.key() == self._worker_id.encode():
-                    self._apply(message.value())
+                self._on_record(message.key() or b"", message.value())
         finally:
             consumer.close()
 
-    def _apply(self, value: bytes | None) -> None:
+
+def assignment_handler(worker_id: str, on_assignment: OnAssignment) -> OnRecord:
+    """Keeps this worker's newest generation; older generations are ignored."""
+    newest = [-1]
+
+    def handle(key: bytes, value: bytes | None) -> None:
+        if key != worker_id.encode():
+            return
         if value is None:
-            self._report(self._generation + 1, set())  # tombstone: the scheduler forgot us
+            generation, partitions = newest[0] + 1, set()  # the scheduler forgot us
+        else:
+            try:
+                record = codec(ASSIGNMENT).decode(value)
+            except DecodeError as exc:
+                log.error("undecodable assignment ignored", error=str(exc))
+                return
+            if record["generation"] <= newest[0]:
+                return
+            generation, partitions = record["generation"], set(record["partitions"])
+        newest[0] = generation
+        log.info("assignment received", generation=generation, partitions=sorted(partitions))
+        on_assignment(generation, partitions)
+
+    return handle
+
+
+def cancellation_handler(cancelled: set[str]) -> OnRecord:
+    """Maintains the set of cancelled (or expired) job ids from the jobs topic."""
+
+    def handle(key: bytes, value: bytes | None) -> None:
+        job_id = key.decode()
+        if value is None:
+            cancelled.discard(job_id)
             return
         try:
-            record = codec(ASSIGNMENT).decode(value)
+            record = codec(JOB).decode(value)
         except DecodeError as exc:
-            log.error("undecodable assignment ignored", error=str(exc))
+            log.error("undecodable job record ignored", error=str(exc))
             return
-        if record["generation"] > self._generation:
-            self._report(record["generation"], set(record["partitions"]))
+        if record["cancelled"] and job_id not in cancelled:
+            log.info("job cancelled", job_id=job_id, reason=record["cancel_reason"])
+            cancelled.add(job_id)
 
-    def _report(self, generation: int, partitions: set[int]) -> None:
-        self._generation = generation
-        log.info("assignment received", generation=generation, partitions=sorted(partitions))
-        self._on_assignment(generation, partitions)
+    return handle

@@ -12,7 +12,11 @@ from starlette.applications import Starlette
 
 from services.inference import metrics
 from services.inference.engines import build_engine
-from services.inference.following import AssignmentFollower
+from services.inference.following import (
+    TopicFollower,
+    assignment_handler,
+    cancellation_handler,
+)
 from services.inference.gpu import GpuReport, assess, sample_gpus
 from services.inference.heartbeat import HeartbeatPublisher, heartbeat_record
 from services.inference.settings import InferenceSettings, parse_partitions
@@ -90,10 +94,9 @@ async def _run(settings: InferenceSettings) -> int:
             options.heartbeat_interval_s,
         )
         worker.on_ownership_changed = heartbeats.send_soon
-        if options.follow_scheduler:
-            stack.enter_context(_following(settings, worker, asyncio.get_running_loop()))
-        else:
+        if not options.follow_scheduler:
             worker.set_assignment(parse_partitions(options.partitions))
+        stack.enter_context(_following(settings, worker, asyncio.get_running_loop()))
         tasks = [
             asyncio.create_task(serve_until(server, server_stop)),
             asyncio.create_task(gpu.watch()),
@@ -133,23 +136,32 @@ def _heartbeat(worker: Worker, gpu: GpuWatch, leaving: bool) -> dict[str, Any]:
 @contextlib.contextmanager
 def _following(
     settings: InferenceSettings, worker: Worker, loop: asyncio.AbstractEventLoop
-) -> Iterator[AssignmentFollower]:
-    """Apply the scheduler's assignments to `worker` on the event loop's thread."""
+) -> Iterator[None]:
+    """Follow the control topics: cancelled jobs always, assignments when told to.
+    Assignments are applied on the event loop's thread."""
 
     def deliver(generation: int, partitions: set[int]) -> None:
         loop.call_soon_threadsafe(worker.set_assignment, partitions, generation)
 
-    follower = AssignmentFollower(
-        settings.kafka_config(),
-        settings.topics.assignments,
-        settings.inference.worker_id,
-        deliver,
-    )
-    follower.start()
+    followers = [
+        TopicFollower(
+            settings.kafka_config(),
+            settings.topics.jobs,
+            cancellation_handler(worker.cancelled_jobs),
+        )
+    ]
+    if settings.inference.follow_scheduler:
+        handler = assignment_handler(settings.inference.worker_id, deliver)
+        followers.append(
+            TopicFollower(settings.kafka_config(), settings.topics.assignments, handler)
+        )
+    for follower in followers:
+        follower.start()
     try:
-        yield follower
+        yield
     finally:
-        follower.stop()
+        for follower in followers:
+            follower.stop()
 
 
 def run(settings: InferenceSettings | None = None) -> None:

@@ -15,6 +15,9 @@ UNCOMMITTED = Gauge(
     "kbatch_inference_uncommitted_records", "Records consumed but not yet committed"
 )
 OWNED_PARTITIONS = Gauge("kbatch_inference_owned_partitions", "Request partitions owned")
+CANCELLED = Counter(
+    "kbatch_inference_cancelled_requests_total", "Requests of cancelled jobs recorded, not run"
+)
 RESULTS = Counter("kbatch_inference_results_total", "Results committed", ["engine"])
 DEAD_LETTERS = Counter(
     "kbatch_inference_dead_letters_total", "Records sent to the DLQ", ["stage", "error_class"]

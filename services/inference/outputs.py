@@ -45,6 +45,7 @@ def result_record(
     queue_wait_s: float,
     inference_s: float,
     attempt: int,
+    error: dict[str, str] | None = None,
 ) -> OutRecord:
     value = codec(RESULT).encode(
         {
@@ -68,7 +69,7 @@ def result_record(
                 "total_tokens": output.prompt_tokens + output.completion_tokens,
             },
             "timings": {"queue_wait_ms": queue_wait_s * 1000, "inference_ms": inference_s * 1000},
-            "error": None,
+            "error": error,
             "attempt": attempt,
             "source_partition": origin.partition,
             "source_offset": origin.offset,
@@ -81,6 +82,24 @@ def result_record(
     ]
     # Keyed by job so one job's results stay together, in order, on one partition.
     return OutRecord(topic, request["job_id"].encode(), value, headers)
+
+
+def cancelled_record(
+    topic: str, request: dict[str, Any], engine: str, worker_id: str, origin: Origin
+) -> OutRecord:
+    """The result of a request whose job was cancelled or expired before it ran."""
+    return result_record(
+        topic,
+        request,
+        EngineOutput(0, 0),
+        engine,
+        worker_id,
+        origin,
+        0.0,
+        0.0,
+        request["attempt"],
+        error={"code": "batch_cancelled", "message": "the batch was cancelled before this ran"},
+    )
 
 
 def dead_letter_record(

@@ -25,7 +25,12 @@ from services.errors import DecodeError, EngineDeadError, FencedError, KafkaUnav
 from services.inference import metrics
 from services.inference.engine import Engine
 from services.inference.flow import FlowState, lane_gate, paused_partitions, room
-from services.inference.outputs import Origin, OutRecord, dead_letter_record
+from services.inference.outputs import (
+    Origin,
+    OutRecord,
+    cancelled_record,
+    dead_letter_record,
+)
 from services.inference.progress import PartitionProgress
 from services.inference.runner import RequestRunner, RunnerConfig
 from services.inference.settings import InferenceSettings
@@ -60,6 +65,7 @@ class Worker:
         self.desired: set[int] = set()
         self.generation = 0  # of the scheduler's assignment being applied
         self.draining = False
+        self.cancelled_jobs: set[str] = set()  # filled from the jobs topic
         self.on_ownership_changed: Callable[[], None] = lambda: None
         self._layout = settings.topics.lane_layout()
         self.accepting_work = True  # cleared by an unhealthy GPU
@@ -176,6 +182,17 @@ class Worker:
                 self.options.worker_id,
             )
             part.progress.finished(offset, [dead])
+            return
+        if record["job_id"] in self.cancelled_jobs:
+            metrics.CANCELLED.inc()
+            cancelled = cancelled_record(
+                self.settings.topics.results,
+                record,
+                self.engine.name,
+                self.options.worker_id,
+                origin,
+            )
+            part.progress.finished(offset, [cancelled])
             return
         self._in_flight += 1
         task = asyncio.create_task(self._run_request(part, origin, record))

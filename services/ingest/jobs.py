@@ -23,6 +23,7 @@ class JobTotals:
     accepted: int = 0
     rejected: int = 0
     sealed: bool = False
+    cancel_reason: str | None = None
 
     def record(self) -> dict[str, Any]:
         return {
@@ -32,6 +33,8 @@ class JobTotals:
             "rejected": self.rejected,
             "sealed": self.sealed,
             "updated_at_ms": int(time.time() * 1000),
+            "cancelled": self.cancel_reason is not None,
+            "cancel_reason": self.cancel_reason,
         }
 
 
@@ -48,7 +51,9 @@ class JobBook:
         """Read the totals back from the jobs topic (blocking; run at start-up)."""
         latest = read_latest(kafka_config, self._topic, codec(JOB).decode)
         self._jobs = {
-            job_id: JobTotals(job_id, r["tenant"], r["accepted"], r["rejected"], r["sealed"])
+            job_id: JobTotals(
+                job_id, r["tenant"], r["accepted"], r["rejected"], r["sealed"], r["cancel_reason"]
+            )
             for job_id, r in latest.items()
         }
 
@@ -69,6 +74,19 @@ class JobBook:
             await self._publish(updated)
             self._jobs[job_id] = updated
             return updated
+
+    async def cancel(self, job_id: str, reason: str) -> JobTotals | None:
+        """Tell workers to stop running the job: they record its remaining requests as
+        cancelled. Returns None for an unknown job."""
+        async with self._lock:
+            current = self._jobs.get(job_id)
+            if current is None:
+                return None
+            if current.cancel_reason is None:
+                current = replace(current, cancel_reason=reason)
+                await self._publish(current)
+                self._jobs[job_id] = current
+            return current
 
     async def _publish(self, totals: JobTotals) -> None:
         batch = DeliveryBatch(asyncio.get_running_loop())

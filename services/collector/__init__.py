@@ -1,0 +1,1 @@
+"""Results collector: results topic and DLQ -> OpenAI batch output and error files."""

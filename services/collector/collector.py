@@ -1,0 +1,176 @@
+"""Collect results and dead letters into per-job OpenAI batch files, exactly once.
+
+Reads the results topic and the DLQ with read_committed and appends one line per
+outcome to `jobs/<job>/output.jsonl` or `jobs/<job>/errors.jsonl`. After each batch
+of appends it fsyncs the files and then writes a checkpoint (atomically): the
+next offset of every partition, and each file's size and line count. A restarted
+collector truncates every file back to its checkpointed size and resumes from the
+checkpointed offsets, so no line is lost and none is written twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+
+from services.codec import DEAD_LETTER, RESULT, codec
+from services.collector.openai_format import dead_letter_line, result_line
+from services.errors import DecodeError, KafkaUnavailableError
+from services.logs import get_logger
+
+log = get_logger("collector")
+
+OUTPUT, ERRORS = "output.jsonl", "errors.jsonl"
+
+
+@dataclass
+class Checkpoint:
+    offsets: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> next offset
+    sizes: dict[str, int] = field(default_factory=dict)  # "jobs/<job>/<file>" -> bytes
+    lines: dict[str, int] = field(default_factory=dict)  # same keys -> lines
+
+    @classmethod
+    def load(cls, path: Path) -> Checkpoint:
+        if not path.is_file():
+            return cls()
+        return cls(**json.loads(path.read_text()))
+
+    def save(self, path: Path) -> None:
+        temporary = path.with_suffix(".tmp")
+        with temporary.open("w") as out:
+            json.dump({"offsets": self.offsets, "sizes": self.sizes, "lines": self.lines}, out)
+            out.flush()
+            os.fsync(out.fileno())
+        temporary.replace(path)
+
+
+def job_file(job_id: str, name: str) -> str:
+    safe = job_id.replace("/", "_")
+    return f"jobs/{safe}/{name}"
+
+
+class Collector:
+    """One collector per file store; `run()` loops on a thread until stopped."""
+
+    def __init__(
+        self, kafka_config: dict[str, Any], results_topic: str, dlq_topic: str, root: Path
+    ) -> None:
+        self._kafka_config = kafka_config
+        self._topics = (results_topic, dlq_topic)
+        self.root = root
+        self._checkpoint_path = root / "collector-checkpoint.json"
+        self.checkpoint = Checkpoint.load(self._checkpoint_path)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- what the Batch API reads ---------------------------------------------------
+    def collected(self, job_id: str) -> tuple[int, int]:
+        """Lines written so far for a job: (output, errors)."""
+        with self._lock:
+            lines = self.checkpoint.lines
+            return lines.get(job_file(job_id, OUTPUT), 0), lines.get(job_file(job_id, ERRORS), 0)
+
+    # -- lifecycle ------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="collector", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def run(self) -> None:
+        self._restore_files()
+        consumer = Consumer(
+            {
+                **self._kafka_config,
+                "group.id": "kbatch-collector",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+            }
+        )
+        try:
+            consumer.assign(self._start_positions(consumer))
+            while not self._stop.is_set():
+                messages = consumer.consume(1000, 0.5)
+                if messages:
+                    self._write(messages)
+        finally:
+            consumer.close()
+
+    # -- internals ------------------------------------------------------------------
+    def _start_positions(self, consumer: Consumer) -> list[TopicPartition]:
+        positions = []
+        for topic in self._topics:
+            metadata = consumer.list_topics(topic, timeout=30).topics[topic]
+            for partition in metadata.partitions:
+                offset = self.checkpoint.offsets.get(f"{topic}:{partition}", OFFSET_BEGINNING)
+                positions.append(TopicPartition(topic, partition, offset))
+        return positions
+
+    def _restore_files(self) -> None:
+        """Cut every job file back to what the checkpoint covers."""
+        jobs_dir = self.root / "jobs"
+        if not jobs_dir.is_dir():
+            return
+        for path in jobs_dir.glob("*/*.jsonl"):
+            key = str(path.relative_to(self.root))
+            size = self.checkpoint.sizes.get(key, 0)
+            if path.stat().st_size != size:
+                log.info("truncating past the checkpoint", file=key, to_bytes=size)
+                with path.open("r+b") as handle:
+                    handle.truncate(size)
+
+    def _write(self, messages: list[Message]) -> None:
+        appends: dict[str, list[bytes]] = defaultdict(list)
+        offsets: dict[str, int] = {}
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                raise KafkaUnavailableError(f"collector read failed: {error}")
+            key, line = self._line_for(message)
+            appends[key].append(line)
+            offsets[f"{message.topic()}:{message.partition()}"] = (message.offset() or 0) + 1
+        sizes, lines = {}, {}
+        for key, new_lines in appends.items():
+            path = self.root / key
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("ab") as out:
+                out.write(b"".join(new_lines))
+                out.flush()
+                os.fsync(out.fileno())
+                sizes[key] = out.tell()
+            lines[key] = self.checkpoint.lines.get(key, 0) + len(new_lines)
+        with self._lock:
+            self.checkpoint.offsets.update(offsets)
+            self.checkpoint.sizes.update(sizes)
+            self.checkpoint.lines.update(lines)
+            self.checkpoint.save(self._checkpoint_path)
+
+    def _line_for(self, message: Message) -> tuple[str, bytes]:
+        value = message.value()
+        if message.topic() == self._topics[0]:
+            try:
+                result = codec(RESULT).decode(value)
+            except DecodeError as exc:
+                # Only workers write here, through the same codec: this is a bug, not data.
+                raise RuntimeError(f"undecodable result at {message.offset()}: {exc}") from exc
+            is_error, line = result_line(result)
+            name = ERRORS if is_error else OUTPUT
+            return job_file(result["job_id"], name), _jsonl(line)
+        dead = codec(DEAD_LETTER).decode(value)
+        job_id = dead["job_id"] or "(unknown)"
+        return job_file(job_id, ERRORS), _jsonl(dead_letter_line(dead))
+
+
+def _jsonl(line: dict[str, Any]) -> bytes:
+    return json.dumps(line, separators=(",", ":")).encode() + b"\n"

@@ -1,0 +1,105 @@
+"""The file store: uploaded batch inputs and produced outputs, as OpenAI file objects.
+
+A directory (a setting) shared by ingest and the collector: `files/<id>.json` holds
+the file object, `files/<id>.data` (or a job's output path) its content.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+
+@dataclass(frozen=True)
+class FileObject:
+    id: str
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    path: str  # where the content lives, relative to the store root
+
+    def to_json(self) -> dict[str, object]:
+        body: dict[str, object] = {k: v for k, v in asdict(self).items() if k != "path"}
+        return {**body, "object": "file", "status": "processed"}
+
+
+class FileStore:
+    """Files on disk; every write lands whole (temporary file, fsync, rename)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "files").mkdir(parents=True, exist_ok=True)
+
+    def save_upload(self, source: BinaryIO, filename: str, purpose: str) -> FileObject:
+        file_id = f"file-{uuid.uuid4().hex}"
+        relative = f"files/{file_id}.data"
+        size = _write_whole(self.root / relative, source)
+        return self._register(
+            FileObject(file_id, size, int(time.time()), filename, purpose, relative)
+        )
+
+    def register_existing(
+        self, file_id: str, relative: str, filename: str, purpose: str
+    ) -> FileObject:
+        """Publish a file the collector wrote (a batch's output or error file)."""
+        size = (self.root / relative).stat().st_size
+        return self._register(
+            FileObject(file_id, size, int(time.time()), filename, purpose, relative)
+        )
+
+    def get(self, file_id: str) -> FileObject | None:
+        meta = self._meta_path(file_id)
+        if not meta.is_file():
+            return None
+        return FileObject(**json.loads(meta.read_text()))
+
+    def content_path(self, file: FileObject) -> Path:
+        return self.root / file.path
+
+    def delete(self, file_id: str) -> bool:
+        file = self.get(file_id)
+        if file is None:
+            return False
+        self._meta_path(file_id).unlink()
+        if file.path.startswith("files/"):
+            (self.root / file.path).unlink(missing_ok=True)
+        return True
+
+    def _register(self, file: FileObject) -> FileObject:
+        meta = json.dumps(asdict(file)).encode()
+        _write_whole(self._meta_path(file.id), _Bytes(meta))
+        return file
+
+    def _meta_path(self, file_id: str) -> Path:
+        if not file_id.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"bad file id {file_id!r}")
+        return self.root / "files" / f"{file_id}.json"
+
+
+class _Bytes:
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def read(self, size: int = -1) -> bytes:
+        data, self._data = (self._data, b"") if size < 0 else (self._data[:size], self._data[size:])
+        return data
+
+
+def _write_whole(path: Path, source: BinaryIO | _Bytes) -> int:
+    """Copy `source` to `path` so a crash leaves either the old file or the whole new one."""
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    size = 0
+    with temporary.open("wb") as out:
+        while chunk := source.read(1 << 20):
+            out.write(chunk)
+            size += len(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    temporary.replace(path)
+    return size
