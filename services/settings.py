@@ -69,6 +69,10 @@ class TopicSettings(BaseModel):
     def jobs(self) -> str:
         return f"{self.prefix}.jobs"
 
+    @property
+    def batches(self) -> str:
+        return f"{self.prefix}.batches"
+
     def lane_layout(self) -> LaneLayout:
         return LaneLayout(self.high_partitions, self.normal_partitions, self.low_partitions)
 

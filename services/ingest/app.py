@@ -7,6 +7,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -14,7 +15,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from services.collector.collector import Collector
+from services.collector.files import FileStore
 from services.ingest import metrics
+from services.ingest.batch_api import BatchApi
+from services.ingest.batch_book import BatchBook
 from services.ingest.jobs import JobBook
 from services.ingest.ledger import JobLedger
 from services.ingest.settings import IngestSettings
@@ -47,6 +52,13 @@ class IngestService:
         self.publishing: Publishing | None = None
         self.uploads_in_flight = 0
         self.jobs: JobBook | None = None
+        root = Path(self.options.file_dir)
+        self.collector = Collector(
+            settings.kafka_config(), settings.topics.results, settings.topics.dlq, root
+        )
+        self.batch_api = BatchApi(
+            FileStore(root), self.collector, self.options.scheduler_url, self.options.retry_after_s
+        )
 
     @asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
@@ -65,6 +77,8 @@ class IngestService:
             await asyncio.to_thread(backlog.start)
             self.jobs = JobBook(producer, topics.jobs)
             await asyncio.to_thread(self.jobs.load, self.settings.kafka_config())
+            batches = BatchBook(producer, topics.batches)
+            await asyncio.to_thread(batches.load, self.settings.kafka_config())
             self.publishing = Publishing(
                 producer=producer,
                 backlog=backlog,
@@ -74,10 +88,15 @@ class IngestService:
                 options=self.options,
                 limits=Limits(frozenset(self.options.served_models), self.options.max_max_tokens),
             )
+            self.batch_api.attach(self.publishing, batches, self.jobs)
+            await self.batch_api.fail_interrupted()
+            if self.options.collector:
+                self.collector.start()
             log.info("ingest ready", topic=topics.requests, models=list(self.options.served_models))
             try:
                 yield
             finally:
+                self.collector.stop()
                 backlog.stop()
                 log.info("ingest stopping: flushing producer")
         # Leaving the producer's context flushed every queued record.
@@ -176,6 +195,7 @@ def create_app(settings: IngestSettings) -> Starlette:
     routes = [
         Route("/v1/jobs/{job_id}/requests", service.upload, methods=["POST"]),
         Route("/v1/jobs/{job_id}/seal", service.seal, methods=["POST"]),
+        *service.batch_api.routes(),
         *ops_routes(service.health),
     ]
     app = Starlette(routes=routes, lifespan=service.lifespan)

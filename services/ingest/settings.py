@@ -35,6 +35,14 @@ class IngestOptions(BaseModel):
         1_000, ge=1, description="jobs whose custom_ids are remembered for duplicate checks"
     )
     default_tenant: str = Field("default", description="tenant when the request names none")
+    file_dir: str = Field(
+        ".kbatch/files",
+        description="file store: Batch API inputs and outputs (shared with the collector)",
+    )
+    scheduler_url: str | None = Field(
+        None, description="scheduler web address for live batch counts; unset: the collector's"
+    )
+    collector: bool = Field(True, description="run the results collector inside ingest")
 
 
 class IngestSettings(CommonSettings):

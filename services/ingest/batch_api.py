@@ -1,0 +1,315 @@
+"""The OpenAI-compatible Files and Batches API on the ingest service.
+
+A batch is a kbatch job whose id is the batch id: its input file goes through the
+same validation and admission as streamed uploads (resuming after a 429 until the
+whole file is in), the job is sealed, and progress comes from the scheduler's job
+progress (or, without a scheduler, from the collector's line counts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from services.collector.collector import ERRORS, OUTPUT, Collector, job_file
+from services.collector.files import FileStore
+from services.ingest import batch_state
+from services.ingest.batch_book import BatchBook
+from services.ingest.jobs import JobBook
+from services.ingest.upload import Publishing, Upload
+from services.ingest.validation import RequestContext
+from services.lanes import Lane
+from services.logs import get_logger
+
+log = get_logger("batches")
+
+ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+
+
+def openai_error(
+    status: int, message: str, param: str | None = None, code: str | None = None
+) -> JSONResponse:
+    body = {
+        "error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}
+    }
+    return JSONResponse(body, status_code=status)
+
+
+class BatchApi:
+    """Routes exist from the start; they answer 503 until `attach()` gave them Kafka."""
+
+    def __init__(
+        self,
+        files: FileStore,
+        collector: Collector,
+        scheduler_url: str | None,
+        retry_after_s: float,
+    ) -> None:
+        self.files = files
+        self.collector = collector
+        self.scheduler_url = scheduler_url
+        self.retry_after_s = retry_after_s
+        self._attached: tuple[Publishing, BatchBook, JobBook] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def attach(self, publishing: Publishing, batches: BatchBook, jobs: JobBook) -> None:
+        self._attached = (publishing, batches, jobs)
+
+    @property
+    def publishing(self) -> Publishing:
+        return self._parts()[0]
+
+    @property
+    def batches(self) -> BatchBook:
+        return self._parts()[1]
+
+    @property
+    def jobs(self) -> JobBook:
+        return self._parts()[2]
+
+    def _parts(self) -> tuple[Publishing, BatchBook, JobBook]:
+        if self._attached is None:
+            raise RuntimeError("Batch API used before ingest started")
+        return self._attached
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/files", self.create_file, methods=["POST"]),
+            Route("/v1/files/{file_id}", self.get_file, methods=["GET"]),
+            Route("/v1/files/{file_id}", self.delete_file, methods=["DELETE"]),
+            Route("/v1/files/{file_id}/content", self.file_content, methods=["GET"]),
+            Route("/v1/batches", self.create_batch, methods=["POST"]),
+            Route("/v1/batches", self.list_batches, methods=["GET"]),
+            Route("/v1/batches/{batch_id}", self.get_batch, methods=["GET"]),
+            Route("/v1/batches/{batch_id}/cancel", self.cancel_batch, methods=["POST"]),
+        ]
+
+    async def fail_interrupted(self) -> None:
+        """Batches left validating by a restart: some of their lines may be published,
+        none is known to be, so they fail cleanly and say why."""
+        for batch in self.batches.all():
+            if batch["status"] == "validating":
+                error = {
+                    "code": "ingest_restarted",
+                    "message": "ingest restarted while validating; resubmit",
+                    "line": None,
+                    "param": None,
+                }
+                failed = {
+                    **batch,
+                    "status": "failed",
+                    "failed_at": int(time.time()),
+                    "errors": {"object": "list", "data": [error]},
+                }
+                await self.batches.put(failed)
+
+    # -- files ----------------------------------------------------------------------
+    async def create_file(self, request: Request) -> Response:
+        async with request.form(max_part_size=512 * 1024 * 1024) as form:
+            upload, purpose = form.get("file"), form.get("purpose")
+            if purpose != "batch":
+                return openai_error(400, "purpose must be 'batch'", "purpose")
+            if upload is None or isinstance(upload, str):
+                return openai_error(400, "a file part is required", "file")
+            saved = await asyncio.to_thread(
+                self.files.save_upload, upload.file, upload.filename or "upload.jsonl", purpose
+            )
+        return JSONResponse(saved.to_json())
+
+    async def get_file(self, request: Request) -> Response:
+        file = self.files.get(request.path_params["file_id"])
+        return (
+            JSONResponse(file.to_json()) if file else openai_error(404, "no such file", "file_id")
+        )
+
+    async def file_content(self, request: Request) -> Response:
+        file = self.files.get(request.path_params["file_id"])
+        if file is None:
+            return openai_error(404, "no such file", "file_id")
+        return FileResponse(self.files.content_path(file), media_type="application/jsonl")
+
+    async def delete_file(self, request: Request) -> Response:
+        file_id = request.path_params["file_id"]
+        if not self.files.delete(file_id):
+            return openai_error(404, "no such file", "file_id")
+        return JSONResponse({"id": file_id, "object": "file", "deleted": True})
+
+    # -- batches --------------------------------------------------------------------
+    async def create_batch(self, request: Request) -> Response:
+        try:
+            body = await request.json()
+        except json.JSONDecodeError:
+            return openai_error(400, "body must be JSON")
+        file = self.files.get(str(body.get("input_file_id", "")))
+        if file is None:
+            return openai_error(400, "input_file_id names no file", "input_file_id")
+        if body.get("endpoint") not in ENDPOINTS:
+            return openai_error(400, f"endpoint must be one of {', '.join(ENDPOINTS)}", "endpoint")
+        try:
+            priority = Lane(body.get("priority", "normal"))
+            batch = batch_state.new_batch(
+                f"batch_{uuid.uuid4().hex}",
+                file.id,
+                body["endpoint"],
+                str(body.get("completion_window", "24h")),
+                body.get("metadata"),
+                priority.value,
+                int(time.time()),
+            )
+        except ValueError as exc:
+            return openai_error(400, str(exc), "completion_window")
+        await self.batches.put(batch)
+        tenant = request.headers.get("x-kbatch-tenant", "default")
+        task = asyncio.create_task(
+            self._ingest(batch, self.files.content_path(file), tenant, priority)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return JSONResponse(batch_state.public(batch))
+
+    async def _ingest(self, batch: dict[str, Any], path: Path, tenant: str, priority: Lane) -> None:
+        """Push the whole file through validation and admission, resuming after 429s."""
+        context = RequestContext(batch["id"], tenant, priority, int(time.time() * 1000))
+        first_line, accepted, errors = 1, 0, []
+        while True:
+            outcome = await Upload(self.publishing, context, first_line).run(
+                _read_from(path, first_line)
+            )
+            accepted += outcome.accepted
+            errors += [
+                {"code": r.code, "message": r.reason, "line": r.line, "param": r.custom_id}
+                for r in outcome.rejections
+            ]
+            if outcome.refusal is None and not outcome.failed_chunks:
+                break
+            first_line = outcome.resume_from_line or first_line
+            await asyncio.sleep(self.retry_after_s)
+        await self.jobs.add(batch["id"], tenant, accepted=accepted, rejected=len(errors), seal=True)
+        current = self.batches.get(batch["id"]) or batch
+        await self.batches.put(
+            {
+                **batch_state.validated(current, accepted, errors, int(time.time())),
+                "status": "cancelling"
+                if current["status"] == "cancelling"
+                else ("failed" if accepted == 0 else "in_progress"),
+            }
+        )
+        log.info("batch ingested", batch_id=batch["id"], accepted=accepted, rejected=len(errors))
+
+    async def get_batch(self, request: Request) -> Response:
+        batch = await self._refreshed(request.path_params["batch_id"])
+        return (
+            JSONResponse(batch_state.public(batch))
+            if batch
+            else openai_error(404, "no such batch", "batch_id")
+        )
+
+    async def list_batches(self, request: Request) -> Response:
+        limit = min(100, max(1, int(request.query_params.get("limit", "20"))))
+        after = request.query_params.get("after")
+        ordered = sorted(self.batches.all(), key=lambda b: (b["created_at"], b["id"]), reverse=True)
+        if after:
+            ids = [b["id"] for b in ordered]
+            ordered = ordered[ids.index(after) + 1 :] if after in ids else []
+        page = [batch_state.public(b) for b in ordered[:limit]]
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": page,
+                "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None,
+                "has_more": len(ordered) > limit,
+            }
+        )
+
+    async def cancel_batch(self, request: Request) -> Response:
+        batch = self.batches.get(request.path_params["batch_id"])
+        if batch is None:
+            return openai_error(404, "no such batch", "batch_id")
+        if batch["status"] in batch_state.TERMINAL:
+            return openai_error(409, f"batch is already {batch['status']}", "batch_id")
+        await self.jobs.cancel(batch["id"], "cancelled")
+        updated = batch_state.cancel_requested(batch, int(time.time()))
+        await self.batches.put(updated)
+        return JSONResponse(batch_state.public(updated))
+
+    async def _refreshed(self, batch_id: str) -> dict[str, Any] | None:
+        batch = self.batches.get(batch_id)
+        if (
+            batch is None
+            or batch["status"] in batch_state.TERMINAL
+            or batch["status"] == "validating"
+        ):
+            return batch
+        now = int(time.time())
+        if batch_state.expired_now(batch, now):
+            await self.jobs.cancel(batch_id, "expired")
+            batch = {**batch_state.cancel_requested(batch, now), "expired_by_window": True}
+        output_lines, error_lines = self.collector.collected(batch_id)
+        completed, failed = await self._live_counts(batch_id, output_lines, error_lines)
+        total = batch["request_counts"]["total"]
+        progress = batch_state.Progress(total, completed, failed, output_lines + error_lines)
+        updated = batch_state.advance(batch, progress, now)
+        if updated["status"] in batch_state.TERMINAL:
+            # Final counts are the files' own: every outcome has its line by now.
+            counts = {"total": total, "completed": output_lines, "failed": error_lines}
+            updated = self._with_files(
+                {**updated, "request_counts": counts}, output_lines, error_lines
+            )
+        if updated != batch:
+            await self.batches.put(updated)
+        return updated
+
+    async def _live_counts(
+        self, batch_id: str, output_lines: int, error_lines: int
+    ) -> tuple[int, int]:
+        if self.scheduler_url:
+            try:
+                async with httpx.AsyncClient(timeout=2) as client:
+                    job = (await client.get(f"{self.scheduler_url}/jobs/{batch_id}")).json()
+                return int(job["completed"]), int(job["failed"])
+            except (httpx.HTTPError, KeyError, ValueError) as exc:
+                log.warning(
+                    "scheduler progress unavailable; using the collector's counts", error=str(exc)
+                )
+        return output_lines, error_lines
+
+    def _with_files(
+        self, batch: dict[str, Any], output_lines: int, error_lines: int
+    ) -> dict[str, Any]:
+        batch_id = batch["id"]
+        updated = dict(batch)
+        if output_lines:
+            updated["output_file_id"] = self.files.register_existing(
+                f"file-{batch_id}-output",
+                job_file(batch_id, OUTPUT),
+                f"{batch_id}_output.jsonl",
+                "batch_output",
+            ).id
+        if error_lines:
+            updated["error_file_id"] = self.files.register_existing(
+                f"file-{batch_id}-errors",
+                job_file(batch_id, ERRORS),
+                f"{batch_id}_errors.jsonl",
+                "batch_output",
+            ).id
+        return updated
+
+
+async def _read_from(path: Path, first_line: int) -> AsyncIterator[bytes]:
+    """The file's bytes from line `first_line` on, in chunks."""
+    with path.open("rb") as source:
+        for _ in range(first_line - 1):
+            source.readline()
+        while chunk := await asyncio.to_thread(source.read, 1 << 20):
+            yield chunk

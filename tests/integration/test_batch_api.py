@@ -1,0 +1,160 @@
+"""The OpenAI Batch API, driven by the official `openai` client, through running services."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from services.settings import TopicSettings
+from tests.kafka_helpers import free_port, unique_topics, wait_for
+from tests.pipeline_helpers import shared_env, start_follower, start_scheduler
+from tests.processes import ServiceProcess
+
+
+@dataclass
+class Stack:
+    topics: TopicSettings
+    client: openai.OpenAI
+    processes: list[ServiceProcess]
+    ingest_env: dict[str, str]
+    ingest_url: str
+
+
+def start_ingest(env: dict[str, str], log: Path) -> ServiceProcess:
+    process = ServiceProcess(["ingest"], env, log)
+    process.wait_healthy(f"http://127.0.0.1:{env['KBATCH_INGEST__HTTP_PORT']}/healthz")
+    return process
+
+
+@pytest.fixture
+def stack(bootstrap: str, tmp_path: Path) -> Iterator[Stack]:
+    topics = unique_topics(bootstrap, high_partitions=1, normal_partitions=2, low_partitions=1)
+    scheduler, scheduler_url = start_scheduler(bootstrap, topics, tmp_path)
+    worker, _ = start_follower(
+        bootstrap, topics, tmp_path, "w1", "dedicated", 4, SIMULATED__STEP_S="0.01"
+    )
+    port = free_port()
+    env = {
+        **shared_env(bootstrap, topics),
+        "KBATCH_INGEST__HTTP_PORT": str(port),
+        "KBATCH_INGEST__FILE_DIR": str(tmp_path / "files"),
+        "KBATCH_INGEST__SCHEDULER_URL": scheduler_url,
+    }
+    ingest = start_ingest(env, tmp_path / "ingest.log")
+    url = f"http://127.0.0.1:{port}"
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    built = Stack(topics, client, [ingest, worker, scheduler], env, url)
+    yield built
+    for process in built.processes:
+        assert process.terminate() == 0, process.log()
+
+
+def batch_line(custom_id: str, model: str = "kbatch-sim", max_tokens: int = 8) -> str:
+    return json.dumps(
+        {
+            "custom_id": custom_id,
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": model,
+                "messages": [{"role": "user", "content": f"score {custom_id}"}],
+                "max_tokens": max_tokens,
+            },
+        }
+    )
+
+
+def upload(client: openai.OpenAI, tmp_path: Path, lines: list[str]) -> str:
+    path = tmp_path / f"input-{time.monotonic_ns()}.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with path.open("rb") as handle:
+        return client.files.create(file=handle, purpose="batch").id
+
+
+def wait_status(
+    client: openai.OpenAI, batch_id: str, wanted: set[str], timeout_s: float = 120
+) -> Any:
+    return wait_for(
+        lambda: (b := client.batches.retrieve(batch_id)).status in wanted and b,
+        timeout_s,
+        f"batch {batch_id} reaching {wanted}",
+        interval_s=0.5,
+    )
+
+
+def jsonl(client: openai.OpenAI, file_id: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in client.files.content(file_id).text.splitlines()]
+
+
+def test_a_whole_batch_with_invalid_lines(stack: Stack, tmp_path: Path) -> None:
+    lines = [batch_line(f"c{i}") for i in range(40)]
+    lines[7] = "{this is not json"
+    lines[20] = batch_line("bad-model", model="no-such-model")
+    file_id = upload(stack.client, tmp_path, lines)
+    batch = stack.client.batches.create(
+        input_file_id=file_id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={"purpose": "test"},
+    )
+    assert batch.status == "validating"
+    done = wait_status(stack.client, batch.id, {"completed", "failed"})
+    assert done.status == "completed", done
+    assert done.request_counts.total == 38
+    assert (done.request_counts.completed, done.request_counts.failed) == (38, 0)
+    assert sorted(e.line for e in done.errors.data) == [8, 21]
+    output = jsonl(stack.client, done.output_file_id)
+    assert sorted(o["custom_id"] for o in output) == sorted(
+        f"c{i}" for i in range(40) if i not in (7, 20)
+    )
+    first = output[0]
+    assert first["response"]["status_code"] == 200 and first["error"] is None
+    assert first["response"]["body"]["system_fingerprint"] == "kbatch-simulated"
+    assert first["response"]["body"]["choices"][0]["message"]["content"].startswith("[simulated]")
+    assert done.error_file_id is None
+    listed = stack.client.batches.list(limit=10)
+    assert [b.id for b in listed.data] == [batch.id]
+
+
+def test_a_cancelled_batch_ends_cancelled_with_partial_output(stack: Stack, tmp_path: Path) -> None:
+    lines = [batch_line(f"k{i}", max_tokens=40) for i in range(3000)]
+    batch = stack.client.batches.create(
+        input_file_id=upload(stack.client, tmp_path, lines),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    wait_status(stack.client, batch.id, {"in_progress"})
+    wait_for(lambda: stack.client.batches.retrieve(batch.id).request_counts.completed > 0, 60)
+    assert stack.client.batches.cancel(batch.id).status == "cancelling"
+    done = wait_status(stack.client, batch.id, {"cancelled"}, timeout_s=120)
+    counts = done.request_counts
+    assert counts.total == 3000 and counts.completed + counts.failed == 3000
+    assert 0 < counts.completed < 3000
+    output = jsonl(stack.client, done.output_file_id)
+    errors = jsonl(stack.client, done.error_file_id)
+    assert len(output) == counts.completed and len(errors) == counts.failed
+    assert {e["error"]["code"] for e in errors} == {"batch_cancelled"}
+    assert len({line["custom_id"] for line in output + errors}) == 3000
+
+
+def test_collector_killed_mid_job_resumes_without_duplicates(stack: Stack, tmp_path: Path) -> None:
+    lines = [batch_line(f"r{i}", max_tokens=20) for i in range(1500)]
+    batch = stack.client.batches.create(
+        input_file_id=upload(stack.client, tmp_path, lines),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    wait_for(lambda: stack.client.batches.retrieve(batch.id).request_counts.completed > 200, 60)
+    stack.processes[0].kill()  # ingest, and the collector inside it, die mid-job
+    stack.processes[0] = start_ingest(stack.ingest_env, tmp_path / "ingest-2.log")
+    done = wait_status(stack.client, batch.id, {"completed"})
+    output = jsonl(stack.client, done.output_file_id)
+    custom_ids = [line["custom_id"] for line in output]
+    assert len(custom_ids) == 1500 and len(set(custom_ids)) == 1500
