@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 from confluent_kafka.admin import AdminClient
 
+from services.dlq.cli import dlq_app
 from services.kafka import local_broker
 from services.kafka.topics import describe_topics, ensure_topics, topic_catalog
 from services.settings import CommonSettings
@@ -18,6 +19,7 @@ kafka_app = typer.Typer(help="A local single-node KRaft broker from Maven Centra
 topics_app = typer.Typer(help="Create and inspect kbatch's topics")
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(topics_app, name="topics")
+app.add_typer(dlq_app, name="dlq")
 
 
 def _layout(home: Path | None, port: int) -> local_broker.BrokerLayout:

@@ -70,6 +70,10 @@ class TopicSettings(BaseModel):
         return f"{self.prefix}.jobs"
 
     @property
+    def dlq_replayed(self) -> str:
+        return f"{self.prefix}.dlq-replayed"
+
+    @property
     def batches(self) -> str:
         return f"{self.prefix}.batches"
 

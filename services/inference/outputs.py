@@ -29,6 +29,18 @@ class Origin:
     offset: int
     key: bytes | None
     value: bytes | None
+    replays: int = 0  # how many times the DLQ replay tool has republished this request
+
+
+REPLAYS_HEADER = "kbatch-replays"
+
+
+def replays_of(message: Any) -> int:
+    """The replay count a request carries (set by `kbatch dlq replay`); 0 if none."""
+    for name, value in message.headers() or ():
+        if name == REPLAYS_HEADER and value:
+            return int(value)
+    return 0
 
 
 def _now_ms() -> int:
@@ -142,6 +154,7 @@ def dead_letter_record(
         ("kbatch-dlq-attempt", str(attempt).encode()),
         ("kbatch-dlq-worker-id", worker_id.encode()),
         ("kbatch-dlq-failed-at-ms", str(failed_at).encode()),
+        (REPLAYS_HEADER, str(origin.replays).encode()),
     ]
     if request:
         headers.append(("kbatch-job-id", request["job_id"].encode()))

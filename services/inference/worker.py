@@ -30,6 +30,7 @@ from services.inference.outputs import (
     OutRecord,
     cancelled_record,
     dead_letter_record,
+    replays_of,
 )
 from services.inference.progress import PartitionProgress
 from services.inference.runner import RequestRunner, RunnerConfig
@@ -166,7 +167,9 @@ class Worker:
         part = self.owned.get(partition)
         if part is None or part.releasing:
             return  # fetched before the partition was released: its new owner reads it
-        origin = Origin(self.topic, partition, offset, message.key(), message.value())
+        origin = Origin(
+            self.topic, partition, offset, message.key(), message.value(), replays_of(message)
+        )
         part.progress.started(offset)
         try:
             record = codec(REQUEST).decode(message.value())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from services.errors import KafkaUnavailableError
 
@@ -15,14 +15,16 @@ Value = TypeVar("Value")
 def read_latest(
     kafka_config: dict[str, Any], topic: str, decode: Callable[[bytes], Value]
 ) -> dict[str, Value]:
-    """Every key's latest value on the topic (tombstones remove the key), read to the
-    end offsets as they were when the read began."""
+    """Every key's latest value on the topic (tombstones remove the key), read to the end."""
     consumer = Consumer(
         {
             **kafka_config,
             "group.id": "kbatch-compacted-reader",
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
+            # The end is known by EOF, not by offsets: a transactional topic ends in a
+            # commit marker that no message carries.
+            "enable.partition.eof": True,
         }
     )
     try:
@@ -40,11 +42,10 @@ def read_latest(
                 continue
             error = message.error()
             if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    ends.pop(message.partition() or 0, None)
+                    continue
                 raise KafkaUnavailableError(f"reading {topic}: {error}")
-            partition, offset = message.partition(), message.offset()
-            assert partition is not None and offset is not None
-            if offset + 1 >= ends.get(partition, 0):
-                ends.pop(partition, None)
             key = (message.key() or b"").decode()
             value = message.value()
             if value is None:

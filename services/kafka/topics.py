@@ -46,6 +46,7 @@ def topic_catalog(topics: TopicSettings) -> list[TopicSpec]:
         TopicSpec(topics.heartbeats, 1, "worker heartbeats", {"retention.ms": str(3600 * 1000)}),
         TopicSpec(topics.assignments, 1, "partition assignments (compacted)", compacted),
         TopicSpec(topics.jobs, 1, "job records (compacted)", compacted),
+        TopicSpec(topics.dlq_replayed, 1, "dead letters already replayed (compacted)", compacted),
         TopicSpec(topics.batches, 1, "Batch API objects, JSON (compacted)", compacted),
     ]
 

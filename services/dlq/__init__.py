@@ -1,0 +1,1 @@
+"""The DLQ tools: list, show and replay dead letters."""
