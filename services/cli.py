@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 from confluent_kafka.admin import AdminClient
 
+from services.client import cli as client_cli
 from services.dlq.cli import dlq_app
 from services.kafka import local_broker
 from services.kafka.topics import describe_topics, ensure_topics, topic_catalog
@@ -20,6 +21,10 @@ topics_app = typer.Typer(help="Create and inspect kbatch's topics")
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(topics_app, name="topics")
 app.add_typer(dlq_app, name="dlq")
+app.command("submit")(client_cli.submit)
+app.command("jobs")(client_cli.jobs)
+app.command("status")(client_cli.status)
+app.command("results")(client_cli.results)
 
 
 def _layout(home: Path | None, port: int) -> local_broker.BrokerLayout:

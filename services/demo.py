@@ -1,59 +1,125 @@
-"""`kbatch demo`: broker, topics, ingest and two simulated workers; a sample job end to end."""
+"""`kbatch demo`: the whole system on one machine, a sample job at two priorities.
+
+A local broker, the topics, the scheduler, ingest (with the collector) and two
+inference workers (one dedicated, one spot, following the scheduler). The shipped
+sample files go in through the Batch API; progress is shown from the batches'
+request counts; the output files are downloaded; everything is shut down.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
-from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
+from rich.console import Console
+from rich.progress import Progress
 
+from services.inference.gpu import sample_gpus
 from services.kafka import local_broker
 from services.kafka.topics import ensure_topics, topic_catalog
+from services.resources import data_dir
 from services.settings import TopicSettings
 
 KBATCH = str(Path(sys.executable).with_name("kbatch"))
+INGEST, SCHEDULER = "http://127.0.0.1:18080", "http://127.0.0.1:18070"
+console = Console()
 
 
-def _lines(priority: str, count: int) -> bytes:
-    return b"".join(
-        json.dumps(
-            {
-                "custom_id": f"{priority}-{i}",
-                "method": "POST",
-                "url": "/v1/chat/completions",
-                "body": {
-                    "model": "kbatch-sim",
-                    "messages": [{"role": "user", "content": f"Rate candidate {i} ({priority})"}],
-                    "max_tokens": 16,
-                },
-            }
-        ).encode()
-        + b"\n"
-        for i in range(count)
+def choose_engine() -> str:
+    """vllm when a GPU and vLLM are both here; otherwise simulated, said loudly."""
+    gpus = sample_gpus()
+    if gpus.available and importlib.util.find_spec("vllm") is not None:
+        return "vllm"
+    why = gpus.nvml_error or "vLLM is not installed"
+    console.print(
+        f"[bold yellow]ENGINE: simulated[/] ({why}). Every output says \\[simulated] and "
+        "engine=simulated; nothing here is a model's answer."
     )
+    return "simulated"
 
 
-def _count_results(bootstrap: str, topic: str, partitions: int) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "kbatch-demo-count"})
-    total = 0
-    for p in range(partitions):
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-        total += high - low
-    consumer.close()
-    return total
+@dataclass
+class Services:
+    processes: list[subprocess.Popen[bytes]]
+    logs: Path
+
+    def start(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        log = (self.logs / f"{name}.log").open("wb")
+        self.processes.append(
+            subprocess.Popen([KBATCH, *args], env=env, stdout=log, stderr=subprocess.STDOUT)
+        )
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
 
-def run_demo(per_priority: int = 1500) -> None:
-    print("ENGINE: simulated (no GPU here) - every output is labelled [simulated]", flush=True)
-    layout = local_broker.BrokerLayout(
-        Path(".kbatch/demo-kafka").resolve(), port=19092, controller_port=19093
-    )
+def wait_healthy(url: str, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} not healthy after {timeout_s}s (logs in .kbatch/demo-logs)")
+
+
+def submit(client: httpx.Client, path: Path, priority: str) -> str:
+    with path.open("rb") as handle:
+        file = client.post("/v1/files", files={"file": handle}, data={"purpose": "batch"}).json()
+    body = {
+        "input_file_id": file["id"],
+        "endpoint": "/v1/chat/completions",
+        "completion_window": "24h",
+        "priority": priority,
+    }
+    batch_id: str = client.post("/v1/batches", json=body).json()["id"]
+    return batch_id
+
+
+def follow(client: httpx.Client, batches: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Progress bars from request counts until every batch has ended."""
+    final: dict[str, dict[str, Any]] = {}
+    with Progress(console=console) as progress:
+        tasks = {b: progress.add_task(f"{p:>4} priority", total=None) for b, p in batches.items()}
+        while len(final) < len(batches):
+            for batch_id, task in tasks.items():
+                batch = client.get(f"/v1/batches/{batch_id}").json()
+                counts = batch["request_counts"]
+                progress.update(
+                    task,
+                    total=counts["total"] or None,
+                    completed=counts["completed"] + counts["failed"],
+                )
+                if batch["status"] in ("completed", "failed", "cancelled", "expired"):
+                    final[batch_id] = batch
+            time.sleep(0.5)
+    return final
+
+
+def run_demo() -> None:
+    started = time.monotonic()
+    engine = choose_engine()
+    root = Path(".kbatch").resolve()
+    logs = root / "demo-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    layout = local_broker.BrokerLayout(root / "demo-kafka", port=19092, controller_port=19093)
     bootstrap = local_broker.up(layout)
     topics = TopicSettings(prefix=f"demo{int(time.time())}")
     ensure_topics(AdminClient({"bootstrap.servers": bootstrap}), topic_catalog(topics))
@@ -62,52 +128,87 @@ def run_demo(per_priority: int = 1500) -> None:
         "KBATCH_BOOTSTRAP_SERVERS": bootstrap,
         "KBATCH_TOPICS__PREFIX": topics.prefix,
         "KBATCH_LOG_LEVEL": "WARNING",
-        "KBATCH_INGEST__HTTP_PORT": "18080",
     }
-    procs = [subprocess.Popen([KBATCH, "ingest"], env=env)]
-    for name, parts, port in (("worker-a", "0-7", "18091"), ("worker-b", "8-15", "18092")):
-        procs.append(
-            subprocess.Popen(
-                [KBATCH, "inference"],
-                env={
+    services = Services([], logs)
+    try:
+        services.start(
+            "scheduler",
+            ["scheduler"],
+            {
+                **env,
+                "KBATCH_SCHEDULER__HTTP_PORT": "18070",
+                "KBATCH_SCHEDULER__DATA_DIR": str(root / "demo-scheduler"),
+            },
+        )
+        services.start(
+            "ingest",
+            ["ingest"],
+            {
+                **env,
+                "KBATCH_INGEST__HTTP_PORT": "18080",
+                "KBATCH_INGEST__FILE_DIR": str(root / "demo-files"),
+                "KBATCH_INGEST__SCHEDULER_URL": SCHEDULER,
+            },
+        )
+        for name, pool, port in (("worker-a", "dedicated", "18091"), ("worker-b", "spot", "18092")):
+            services.start(
+                name,
+                ["inference"],
+                {
                     **env,
-                    "KBATCH_INFERENCE__ENGINE": "simulated",
+                    "KBATCH_INFERENCE__ENGINE": engine,
                     "KBATCH_INFERENCE__WORKER_ID": name,
-                    "KBATCH_INFERENCE__PARTITIONS": parts,
+                    "KBATCH_INFERENCE__POOL": pool,
+                    "KBATCH_INFERENCE__FOLLOW_SCHEDULER": "true",
                     "KBATCH_INFERENCE__HTTP_PORT": port,
                 },
             )
+        for url in (f"{SCHEDULER}/healthz", f"{INGEST}/healthz"):
+            wait_healthy(url)
+        console.print(
+            f"services up after {time.monotonic() - started:.0f}s; submitting the sample job"
         )
-    try:
-        for _ in range(100):
-            try:
-                if httpx.get("http://127.0.0.1:18080/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        started = time.monotonic()
-        for priority in ("high", "low"):
-            reply = httpx.post(
-                f"http://127.0.0.1:18080/v1/jobs/demo/requests?priority={priority}",
-                content=_lines(priority, per_priority),
-                timeout=120,
-            )
-            print(f"{priority}: {reply.json()['accepted']} accepted", flush=True)
-        expected = 2 * per_priority
-        done = 0
-        while done < expected and time.monotonic() - started < 150:
-            time.sleep(1)
-            done = _count_results(bootstrap, topics.results, topics.results_partitions)
-            print(f"results: {done}/{expected}", flush=True)
-        elapsed = time.monotonic() - started
-        print(
-            f"done: {done} results in {elapsed:.1f}s ({done / elapsed:.0f} requests/s), "
-            f"topic {topics.results}",
-            flush=True,
-        )
+        samples = data_dir("samples")
+        with httpx.Client(base_url=INGEST, timeout=300) as client:
+            submitted = time.monotonic()
+            batches = {
+                submit(client, samples / f"candidates-{p}.jsonl", p): p for p in ("high", "low")
+            }
+            final = follow(client, batches)
+            elapsed = time.monotonic() - submitted
+            out = root / "demo-out"
+            out.mkdir(exist_ok=True)
+            _summary(client, final, batches, out, elapsed)
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(60)
+        services.stop()
         local_broker.down(layout)
+    console.print(f"demo finished in {time.monotonic() - started:.0f}s; logs in {logs}")
+
+
+def _summary(
+    client: httpx.Client,
+    final: dict[str, dict[str, Any]],
+    priorities: dict[str, str],
+    out: Path,
+    elapsed: float,
+) -> None:
+    total = 0
+    for batch_id, batch in final.items():
+        counts = batch["request_counts"]
+        total += counts["completed"] + counts["failed"]
+        path = out / f"{priorities[batch_id]}_output.jsonl"
+        if batch["output_file_id"]:
+            path.write_bytes(client.get(f"/v1/files/{batch['output_file_id']}/content").content)
+        took = batch["completed_at"] - batch["created_at"] if batch["completed_at"] else None
+        console.print(
+            f"{priorities[batch_id]:>4}: {batch['status']}, {counts['completed']} completed, "
+            f"{counts['failed']} failed, done {took}s after submission -> {path}"
+        )
+    console.print(f"{total} requests in {elapsed:.1f}s ({total / elapsed:.0f} requests/s)")
+    sample = json.loads((out / "high_output.jsonl").read_text().splitlines()[0])
+    body = sample["response"]["body"]
+    console.print(
+        f"first line: custom_id={sample['custom_id']} engine={body['kbatch']['engine']} "
+        f"content={body['choices'][0]['message']['content'][:60]!r}",
+        markup=False,
+    )

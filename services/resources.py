@@ -12,11 +12,12 @@ _CHECKOUT_ROOT = _PACKAGE_DIR.parent
 _LOCATIONS = {
     "schemas": (_PACKAGE_DIR / "_data" / "schemas", _CHECKOUT_ROOT / "schemas"),
     "kafka": (_PACKAGE_DIR / "_data" / "kafka", _CHECKOUT_ROOT / "deploy" / "kafka"),
+    "samples": (_PACKAGE_DIR / "_data" / "samples", _CHECKOUT_ROOT / "samples"),
 }
 
 
 def data_dir(name: str) -> Path:
-    """Return the directory holding the named data files (`schemas` or `kafka`)."""
+    """Return the directory holding the named data files (`schemas`, `kafka` or `samples`)."""
     for candidate in _LOCATIONS[name]:
         if candidate.is_dir():
             return candidate

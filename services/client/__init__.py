@@ -1,0 +1,1 @@
+"""User-facing commands: submit batches, follow them, fetch results."""
