@@ -389,6 +389,8 @@ class Worker:
                 "auto.offset.reset": "earliest",
                 "fetch.max.bytes": self.options.fetch_max_bytes,
                 "queued.max.messages.kbytes": self.options.queued_max_kbytes,
+                # A resumed partition's first fetch must not sit behind a long poll.
+                "fetch.wait.max.ms": 100,
             }
         )
 

@@ -16,12 +16,16 @@ def test_lower_lanes_wait_while_a_higher_lane_has_backlog() -> None:
     assert lane_gate(LANES, {0: None, 1: None}) == set()
 
 
-def test_no_room_pauses_everything_else_only_gated_and_releasing() -> None:
+def test_only_stopping_pauses_everything_else_only_gated_and_releasing() -> None:
     full = FlowState(
         in_flight=8, in_flight_cap=8, uncommitted=8, max_uncommitted=32, accepting=True
     )
     assert room(full) == 0
-    assert paused_partitions(full, {0, 1, 2}, set()) == {0, 1, 2}
+    assert paused_partitions(full, {0, 1, 2}, set()) == set()  # a full cap only stops taking
+    stopping = FlowState(
+        in_flight=0, in_flight_cap=8, uncommitted=0, max_uncommitted=32, accepting=False
+    )
+    assert paused_partitions(stopping, {0, 1, 2}, set()) == {0, 1, 2}
     open_ = FlowState(
         in_flight=2, in_flight_cap=8, uncommitted=2, max_uncommitted=32, accepting=True
     )
