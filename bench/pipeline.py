@@ -46,24 +46,30 @@ def main() -> None:
     sim = SimulatedEngineOptions(step_s=0.02, max_num_seqs=64, tokens_per_step=1)
     max_tokens = 16
     ideal = ideal_requests_per_s(sim, mean_steps=max_tokens)
+    sim_env = {"SIMULATED__STEP_S": str(sim.step_s), "SIMULATED__MAX_NUM_SEQS": "64"}
+    zero_env = {"SIMULATED__STEP_S": "0"}
+    off = {"TRANSACTIONS": "false"}
+    n_sim, n_zero = int(4000 * scale), int(20000 * scale)
     with broker() as bootstrap:
         started = time.perf_counter()
-        measured = run(
-            bootstrap,
-            int(4000 * scale),
-            max_tokens,
-            {"SIMULATED__STEP_S": str(sim.step_s), "SIMULATED__MAX_NUM_SEQS": "64"},
-            "sim",
-        )
-        zero = run(bootstrap, int(20000 * scale), 1, {"SIMULATED__STEP_S": "0"}, "zero")
+        measured = run(bootstrap, n_sim, max_tokens, sim_env, "sim")
+        measured_off = run(bootstrap, n_sim, max_tokens, {**sim_env, **off}, "sim-off")
+        zero = run(bootstrap, n_zero, 1, zero_env, "zero")
+        zero_off = run(bootstrap, n_zero, 1, {**zero_env, **off}, "zero-off")
         wall = time.perf_counter() - started
     print(f"machine: {machine()}; bench wall {wall:.0f}s")
     print("| measurement | requests/s |")
     print("|---|---|")
     print(f"| simulated engine ideal (64 seqs, 16 tokens, 20 ms/step) | {ideal:,.0f} |")
-    print(f"| worker with simulated engine (steady state) | {measured:,.0f} |")
+    print(f"| worker with simulated engine, transactions (steady state) | {measured:,.0f} |")
     print(f"| efficiency measured / ideal | {measured / ideal:.3f} |")
-    print(f"| worker message path, zero-cost engine (1 worker, 8 partitions) | {zero:,.0f} |")
+    print(f"| same, transactions off (at-least-once) | {measured_off:,.0f} |")
+    print(f"| transactions on / off, simulated engine | {measured / measured_off:.3f} |")
+    print(
+        f"| message path, zero-cost engine, transactions (1 worker, 8 partitions) | {zero:,.0f} |"
+    )
+    print(f"| message path, zero-cost engine, transactions off | {zero_off:,.0f} |")
+    print(f"| transactions on / off, zero-cost engine | {zero / zero_off:.3f} |")
 
 
 if __name__ == "__main__":

@@ -86,6 +86,11 @@ class InferenceOptions(BaseModel):
     )
     commit_interval_s: float = Field(0.5, gt=0, description="commit at least this often")
     commit_max_records: int = Field(1000, ge=1, description="commit once this many are ready")
+    transactions: bool = Field(
+        True,
+        description="false: at-least-once commits (results may repeat after a crash); "
+        "only for measuring what transactions cost",
+    )
     transaction_timeout_ms: int = Field(60_000, ge=1000, description="transaction.timeout.ms")
     max_attempts: int = Field(4, ge=1, description="tries per request for transient errors")
     retry_initial_s: float = Field(0.1, ge=0, description="first retry backoff")

@@ -21,8 +21,15 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from services.codec import REQUEST, codec
-from services.errors import DecodeError, EngineDeadError, FencedError, KafkaUnavailableError
+from services.errors import (
+    DecodeError,
+    DeliveryError,
+    EngineDeadError,
+    FencedError,
+    KafkaUnavailableError,
+)
 from services.inference import metrics
+from services.inference.at_least_once import PartitionAtLeastOnce
 from services.inference.engine import Engine
 from services.inference.flow import FlowState, lane_gate, paused_partitions, room
 from services.inference.outputs import (
@@ -48,7 +55,7 @@ EXIT_ENGINE_DEAD = 3
 @dataclass(eq=False)
 class OwnedPartition:
     partition: int
-    txn: PartitionTransactions
+    txn: PartitionTransactions | PartitionAtLeastOnce
     progress: PartitionProgress[OutRecord]
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     releasing: bool = False
@@ -254,7 +261,7 @@ class Worker:
                 self.desired.discard(part.partition)
                 await self._forget(part)
                 return
-            except KafkaUnavailableError as exc:
+            except (KafkaUnavailableError, DeliveryError) as exc:
                 metrics.ABORTS.labels("broker").inc()
                 log.warning("commit failed, will retry", partition=part.partition, error=str(exc))
                 return
@@ -274,9 +281,13 @@ class Worker:
 
     async def _take(self, partition: int) -> None:
         consumer = self._require_consumer()
-        txn = PartitionTransactions(
-            self.settings.kafka_config(**self._producer_overrides()),
-            transactional_id(self.settings.topics.prefix, self.topic, partition),
+        config = self.settings.kafka_config(**self._producer_overrides())
+        txn: PartitionTransactions | PartitionAtLeastOnce = (
+            PartitionTransactions(
+                config, transactional_id(self.settings.topics.prefix, self.topic, partition)
+            )
+            if self.options.transactions
+            else PartitionAtLeastOnce(config, consumer)
         )
         await asyncio.to_thread(txn.open)  # fences the previous owner first
         tp = TopicPartition(self.topic, partition)

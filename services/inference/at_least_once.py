@@ -1,0 +1,55 @@
+"""The at-least-once committer: what a partition's commit costs without transactions.
+
+Only for measuring transactions (`KBATCH_INFERENCE__TRANSACTIONS=false`): outputs are
+produced and acknowledged first, then the offset is committed, so a crash between
+the two publishes some results twice. Nothing fences a zombie owner either.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+from services.errors import DeliveryError, KafkaUnavailableError
+from services.inference.outputs import OutRecord
+
+
+class PartitionAtLeastOnce:
+    """Same shape as PartitionTransactions: open, commit, close."""
+
+    def __init__(self, config: dict[str, Any], consumer: Consumer, timeout_s: float = 30) -> None:
+        self._config = {**config, "enable.idempotence": True, "acks": "all"}
+        self._consumer = consumer
+        self._timeout_s = timeout_s
+        self._producer: Producer | None = None
+
+    def open(self) -> None:
+        self._producer = Producer(self._config)
+
+    def commit(
+        self, records: list[OutRecord], offset: TopicPartition, _group_metadata: Any
+    ) -> None:
+        producer = self._producer
+        if producer is None:
+            raise RuntimeError("at-least-once committer used before open()")
+        for record in records:
+            while True:
+                try:
+                    producer.produce(
+                        record.topic, record.value, key=record.key, headers=record.headers
+                    )
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        if producer.flush(self._timeout_s):
+            raise DeliveryError("outputs not acknowledged; the offset stays uncommitted")
+        try:
+            self._consumer.commit(offsets=[offset], asynchronous=False)
+        except KafkaException as exc:
+            raise KafkaUnavailableError(f"offset commit failed: {exc}") from exc
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(self._timeout_s)
+            self._producer = None
