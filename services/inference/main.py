@@ -10,6 +10,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 
+from services import build_info
 from services.inference import metrics
 from services.inference.engines import build_engine
 from services.inference.following import (
@@ -167,4 +168,5 @@ def _following(
 def run(settings: InferenceSettings | None = None) -> None:
     settings = settings or InferenceSettings()
     configure_logging(settings.log_level, settings.log_format)
+    build_info.record("inference")
     sys.exit(asyncio.run(_run(settings)))

@@ -50,3 +50,7 @@ GPU_MEMORY_USED = Gauge("kbatch_gpu_memory_used_bytes", "GPU memory in use", ["g
 GPU_MEMORY_TOTAL = Gauge("kbatch_gpu_memory_total_bytes", "GPU memory size", ["gpu"])
 GPU_TEMPERATURE = Gauge("kbatch_gpu_temperature_celsius", "GPU temperature", ["gpu"])
 GPU_UTILIZATION = Gauge("kbatch_gpu_utilization_ratio", "GPU busy share (0..1)", ["gpu"])
+
+# Known, bounded label values start at zero, so rates exist before the first event.
+for _cause in ("fenced", "broker"):
+    ABORTS.labels(_cause)

@@ -43,6 +43,7 @@ from services.inference.progress import PartitionProgress
 from services.inference.runner import RequestRunner, RunnerConfig
 from services.inference.settings import InferenceSettings
 from services.inference.transactions import PartitionTransactions, transactional_id
+from services.kafka.stats import stats_config
 from services.lifecycle import wait_event
 from services.logs import get_logger
 
@@ -402,6 +403,7 @@ class Worker:
                 "queued.max.messages.kbytes": self.options.queued_max_kbytes,
                 # A resumed partition's first fetch must not sit behind a long poll.
                 "fetch.wait.max.ms": 100,
+                **stats_config("inference-consumer"),
             }
         )
 

@@ -27,6 +27,7 @@ from services.ingest.upload import Publishing, Upload
 from services.ingest.validation import Limits, RequestContext
 from services.kafka.lag import BacklogMonitor
 from services.kafka.producer import AsyncProducer
+from services.kafka.stats import stats_config
 from services.lanes import Lane
 from services.logs import get_logger
 from services.ops_http import ops_routes
@@ -64,7 +65,12 @@ class IngestService:
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         topics = self.settings.topics
         producer_config = self.settings.kafka_config(
-            **{"linger.ms": 5, "compression.type": "lz4", "client.id": "kbatch-ingest"}
+            **{
+                "linger.ms": 5,
+                "compression.type": "lz4",
+                "client.id": "kbatch-ingest",
+                **stats_config("ingest-producer"),
+            }
         )
         backlog = BacklogMonitor(
             self.settings.kafka_config(),

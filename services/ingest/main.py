@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from services import build_info
 from services.ingest.app import create_app
 from services.ingest.settings import IngestSettings
 from services.lifecycle import install_stop_signals
@@ -22,4 +23,5 @@ async def _serve(settings: IngestSettings) -> None:
 def run(settings: IngestSettings | None = None) -> None:
     settings = settings or IngestSettings()
     configure_logging(settings.log_level, settings.log_format)
+    build_info.record("ingest")
     asyncio.run(_serve(settings))

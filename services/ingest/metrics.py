@@ -24,3 +24,7 @@ LANE_BACKLOG = Gauge(
     "Unconsumed requests per lane, as ingest sees it",
     ["lane"],
 )
+
+# Known, bounded label values start at zero, so rates exist before the first event.
+for _cause in ("backlog", "producer_queue", "backlog_unknown", "uploads_in_flight"):
+    BACKPRESSURE_REFUSALS.labels(_cause)

@@ -7,6 +7,7 @@ import sys
 
 import faust
 
+from services import build_info
 from services.logs import configure_logging, get_logger
 from services.scheduler.app import SchedulerService
 from services.scheduler.settings import SchedulerSettings
@@ -17,6 +18,7 @@ log = get_logger("scheduler")
 def run(settings: SchedulerSettings | None = None) -> None:
     settings = settings or SchedulerSettings()
     configure_logging(settings.log_level, settings.log_format)
+    build_info.record("scheduler")
     app = SchedulerService(settings).app
     # faust's Worker owns the event loop and stops the app on SIGTERM/SIGINT.
     worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True)

@@ -29,3 +29,11 @@ UNDECODABLE = Counter(
     "Records the scheduler could not decode",
     ["topic"],
 )
+
+# Known, bounded label values start at zero, so rates exist before the first event.
+for _outcome in ("ok", "failed"):
+    PASSES.labels(_outcome)
+for _outcome in ("completed", "failed", "dead_letter"):
+    JOB_OUTCOMES.labels(_outcome)
+for _reason in ("timeout", "leaving"):
+    WORKERS_LOST.labels(_reason)
