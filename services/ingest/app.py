@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -18,6 +19,7 @@ from starlette.routing import Route
 from services.collector.collector import Collector
 from services.collector.files import FileStore
 from services.ingest import metrics
+from services.ingest.auth import TenantAuth, request_tenant
 from services.ingest.batch_api import BatchApi
 from services.ingest.batch_book import BatchBook
 from services.ingest.jobs import JobBook
@@ -137,7 +139,7 @@ class IngestService:
                 headers={"Retry-After": str(self.options.retry_after_s)},
                 resume_from_line=first_line,
             )
-        tenant = request.headers.get("x-kbatch-tenant", self.options.default_tenant)
+        tenant = request_tenant(request, self.options.default_tenant)
         context = RequestContext(job_id, tenant, lane, int(time.time() * 1000))
         self.uploads_in_flight += 1
         metrics.UPLOADS_IN_FLIGHT.inc()
@@ -204,6 +206,9 @@ def create_app(settings: IngestSettings) -> Starlette:
         *service.batch_api.routes(),
         *ops_routes(service.health),
     ]
-    app = Starlette(routes=routes, lifespan=service.lifespan)
+    middleware = []
+    if settings.ingest.tenant_tokens:
+        middleware.append(Middleware(TenantAuth, tokens=settings.ingest.tenant_tokens))
+    app = Starlette(routes=routes, lifespan=service.lifespan, middleware=middleware)
     app.state.service = service
     return app

@@ -24,6 +24,7 @@ from starlette.routing import Route
 from services.collector.collector import ERRORS, OUTPUT, Collector, job_file
 from services.collector.files import FileStore
 from services.ingest import batch_state
+from services.ingest.auth import request_tenant
 from services.ingest.batch_book import BatchBook
 from services.ingest.jobs import JobBook
 from services.ingest.upload import Publishing, Upload
@@ -169,7 +170,7 @@ class BatchApi:
         except ValueError as exc:
             return openai_error(400, str(exc), "completion_window")
         await self.batches.put(batch)
-        tenant = request.headers.get("x-kbatch-tenant", "default")
+        tenant = request_tenant(request, "default")
         task = asyncio.create_task(
             self._ingest(batch, self.files.content_path(file), tenant, priority)
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from services.settings import CommonSettings
 
@@ -35,6 +35,11 @@ class IngestOptions(BaseModel):
         1_000, ge=1, description="jobs whose custom_ids are remembered for duplicate checks"
     )
     default_tenant: str = Field("default", description="tenant when the request names none")
+    tenant_tokens: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='JSON {"tenant": "token"}: when set, every API call needs a bearer token '
+        "and the token names the tenant (secrets never logged)",
+    )
     file_dir: str = Field(
         ".kbatch/files",
         description="file store: Batch API inputs and outputs (shared with the collector)",

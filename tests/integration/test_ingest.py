@@ -246,3 +246,27 @@ def test_job_totals_are_published_and_survive_a_restart(bootstrap: str, tmp_path
     records = read_topic(bootstrap, first.topics.jobs, expect=2)
     last = codec(JOB).decode(records[-1].value())
     assert (last["job_id"], last["accepted"], last["sealed"]) == ("job-t", 35, True)
+
+
+def test_bearer_tokens_name_the_tenant_and_are_never_logged(bootstrap: str, tmp_path: Path) -> None:
+    tokens = json.dumps({"acme": "tok-acme-123", "beta": "tok-beta-456"})
+    service = start_ingest(bootstrap, tmp_path, tenant_tokens=tokens)
+    try:
+        lines = [chat_line("a1"), chat_line("a2")]
+        url = f"{service.url}/v1/jobs/job-auth/requests"
+        assert httpx.post(url, content=b"\n".join(lines), timeout=10).status_code == 401
+        wrong = {"Authorization": "Bearer tok-acme-12"}
+        assert (
+            httpx.post(url, content=b"\n".join(lines), headers=wrong, timeout=10).status_code == 401
+        )
+        claims_acme = {"Authorization": "Bearer tok-beta-456", "X-Kbatch-Tenant": "acme"}
+        reply = httpx.post(url, content=b"\n".join(lines), headers=claims_acme, timeout=10)
+        assert reply.status_code == 200 and reply.json()["accepted"] == 2
+        assert httpx.get(f"{service.url}/healthz", timeout=10).status_code == 200
+        metrics = httpx.get(f"{service.url}/metrics", timeout=10).text
+    finally:
+        assert service.process.terminate() == 0, service.process.log()
+    published = read_topic(bootstrap, service.topics.requests, expect=2)
+    assert {codec(REQUEST).decode(m.value())["tenant"] for m in published} == {"beta"}
+    for secret in ("tok-acme-123", "tok-beta-456"):
+        assert secret not in service.process.log() and secret not in metrics
