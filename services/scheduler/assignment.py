@@ -67,8 +67,9 @@ class PartitionView:
         )
 
     def outranks(self, other: PartitionView) -> bool:
-        """Strictly more deserving of a slot; equals never displace each other."""
-        return self.rank()[:2] < other.rank()[:2]
+        """Strictly more deserving of a slot: only a partition with work displaces, so
+        drained partitions never trade places (a move costs a fence for nothing)."""
+        return self.backlog > 0 and self.rank()[:2] < other.rank()[:2]
 
 
 @dataclass(frozen=True)

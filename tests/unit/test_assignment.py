@@ -79,7 +79,8 @@ def test_no_waiting_partition_outranks_a_placed_one(workers, backlogs, current):
     result = assign(workers, views, current)
     placed = [p for ps in result.by_worker.values() for p in ps]
     for waiting in result.waiting:
-        assert all(ranks[waiting] >= ranks[p] for p in placed)
+        if backlogs[waiting] > 0:  # drained partitions wait without displacing anyone
+            assert all(ranks[waiting] >= ranks[p] for p in placed)
 
 
 @given(workers_st, backlogs_st, current_st())
@@ -170,3 +171,13 @@ def test_a_moved_partition_waits_for_its_old_owner_to_let_go():
     assert still_on_a == {"a": frozenset(), "b": frozenset({2})}
     released = publishable(decided, {"a": frozenset(), "b": frozenset()})
     assert released == decided
+
+
+def test_drained_partitions_never_trade_places():
+    fleet = [WorkerView("d1", Pool.DEDICATED, 3)]
+    low_busy = partitions_of([0, 0, 0] + [0] * 4 + [5, 5, 5])
+    first = assign(fleet, low_busy, {})
+    assert first.by_worker["d1"] == frozenset(LAYOUT.partitions(Lane.LOW))
+    all_drained = partitions_of([0] * LAYOUT.total)
+    after = assign(fleet, all_drained, first.by_worker)
+    assert after.by_worker == first.by_worker and after.moved == frozenset()
