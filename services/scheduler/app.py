@@ -9,11 +9,12 @@ replaying the source topics): `workers` from heartbeats; `job-results` and
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
 import faust
-from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from services.codec import DEAD_LETTER, HEARTBEAT, JOB, RESULT, codec
 from services.errors import DecodeError, KbatchError
@@ -31,6 +32,7 @@ from services.scheduler.views import JobTables, register_views
 log = get_logger("scheduler")
 
 SWEEP_EVERY_S = 60.0
+EXIT_STALLED = 3
 
 
 def broker_urls(bootstrap_servers: str) -> str:
@@ -75,6 +77,7 @@ class SchedulerService:
             self.options.heartbeat_timeout_s,
         )
         self._backlog_consumer: Consumer | None = None
+        self._heartbeat_offset = -1  # last heartbeat the agent consumed (stall watchdog)
         self._retention_ms = int(self.options.job_retention_s * 1000)
         self._wire()
 
@@ -85,6 +88,7 @@ class SchedulerService:
         self.app.agent(self._raw_topic(topics.dlq), name="dead-letters")(self._dead_letters)
         self.app.agent(self._raw_topic(topics.jobs), name="jobs")(self._jobs)
         self.app.task(self._assignment_loop)
+        self.app.task(self._stall_watchdog)
         register_views(
             self.app,
             self.core,
@@ -103,8 +107,9 @@ class SchedulerService:
 
     # -- agents ---------------------------------------------------------------
     async def _heartbeats(self, stream: Any) -> None:
-        async for value in stream:
-            beat = _decode(HEARTBEAT, value, "heartbeats")
+        async for event in stream.events():
+            self._heartbeat_offset = event.message.offset
+            beat = _decode(HEARTBEAT, event.value, "heartbeats")
             if beat is None:
                 continue
             previous = self.workers.get(beat["worker_id"])
@@ -166,6 +171,39 @@ class SchedulerService:
             self.core.wake.clear()
             await wait_event(self.core.wake, self.options.assign_interval_s)
 
+    async def _stall_watchdog(self) -> None:
+        """Exit when faust stops consuming heartbeats that are there to consume.
+
+        After a broker restart faust-streaming 0.15 can lose its group session and
+        never resume fetching, freezing job progress while the process looks alive
+        (seen in the chaos test). Its state is in changelog tables and the
+        assignments topic, so the cheap, proven way back is a restart by the
+        supervisor: exit code 3. Workers beat every second, so a heartbeats topic
+        that grows while the agent stands still is a reliable sign.
+        """
+        limit_s = 3 * self.options.session_timeout_s + 30
+        last_offset, still_since = self._heartbeat_offset, time.monotonic()
+        while True:
+            await asyncio.sleep(5)
+            if self._heartbeat_offset != last_offset:
+                last_offset, still_since = self._heartbeat_offset, time.monotonic()
+                continue
+            try:
+                end = await asyncio.to_thread(self._heartbeats_end)
+            except KafkaException as exc:
+                log.warning("watchdog cannot read the heartbeats end offset", error=str(exc))
+                continue
+            waiting = end - 1 > self._heartbeat_offset
+            if waiting and time.monotonic() - still_since > limit_s:
+                log.error("faust stopped consuming; exiting for a restart", stalled_s=limit_s)
+                os._exit(EXIT_STALLED)
+
+    def _heartbeats_end(self) -> int:
+        consumer = self._backlog_consumer_or_new()
+        tp = TopicPartition(self.settings.topics.heartbeats, 0)
+        _, high = consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+        return int(high)
+
     async def _one_pass(self) -> None:
         try:
             await self.core.run_pass(self.worker_states())
@@ -175,7 +213,7 @@ class SchedulerService:
             return
         metrics.PASSES.labels("ok").inc()
 
-    def _read_backlog(self) -> dict[int, int]:
+    def _backlog_consumer_or_new(self) -> Consumer:
         if self._backlog_consumer is None:
             # Never subscribes or commits: the group id only selects whose offsets are read.
             self._backlog_consumer = Consumer(
@@ -185,9 +223,12 @@ class SchedulerService:
                     "enable.auto.commit": False,
                 }
             )
+        return self._backlog_consumer
+
+    def _read_backlog(self) -> dict[int, int]:
         topics = self.settings.topics
         return partition_backlog(
-            self._backlog_consumer, topics.requests, topics.lane_layout().total
+            self._backlog_consumer_or_new(), topics.requests, topics.lane_layout().total
         )
 
 

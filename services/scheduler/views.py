@@ -102,6 +102,7 @@ def register_views(
         body = {
             "status": "ok" if healthy else "starting" if age_s is None else "stalled",
             "last_pass_age_s": age_s,
+            "faust_partitions": len(app.consumer.assignment()),
         }
         return self.json(body, status=200 if healthy or age_s is None else 503)
 

@@ -76,12 +76,18 @@ def test_every_request_once_through_crashes_zombies_and_a_broker_restart(
         workers["a2"] = start_follower(bootstrap, topics, tmp_path, "a2", "dedicated", 6, **SLOW)[0]
 
         done = progress()
-        wait_for(lambda: progress() > min(done + 400, total - 1), 90, "progress after the worker crash")
+        wait_for(
+            lambda: progress() > min(done + 400, total - 1), 90, "progress after the worker crash"
+        )
         scheduler.kill()  # 2. kill -9 the scheduler, then restart it
         scheduler, url = start_scheduler(bootstrap, topics, tmp_path, "scheduler-2")
 
         done = progress()
-        wait_for(lambda: progress() > min(done + 200, total - 1), 90, "progress after the scheduler crash")
+        wait_for(
+            lambda: progress() > min(done + 200, total - 1),
+            90,
+            "progress after the scheduler crash",
+        )
         os.kill(workers["b"].process.pid, signal.SIGSTOP)  # 3. a zombie past the timeout
         time.sleep(4 + 4)
         os.kill(workers["b"].process.pid, signal.SIGCONT)
