@@ -57,7 +57,7 @@ def job_count(url: str, job: str) -> int:
     return int(view["completed"]) + int(view["failed"])
 
 
-@pytest.mark.timeout(480)
+@pytest.mark.timeout(600)
 def test_every_request_once_through_crashes_zombies_and_a_broker_restart(
     own_broker: local_broker.BrokerLayout, tmp_path: Path
 ) -> None:
