@@ -6,10 +6,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
-
 from services.codec import DEAD_LETTER, codec
-from services.errors import KafkaUnavailableError
+from services.kafka.compacted import read_to_end
 
 
 @dataclass(frozen=True)
@@ -46,39 +44,14 @@ class Filters:
 
 def read_dead_letters(kafka_config: dict[str, Any], topic: str) -> Iterator[DeadLetter]:
     """Every committed record of the DLQ, up to its end when the read began."""
-    consumer = Consumer(
-        {
-            **kafka_config,
-            "group.id": "kbatch-dlq-reader",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-        }
-    )
-    try:
-        partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        remaining = set(partitions)
-        while remaining:
-            message = consumer.poll(1.0)
-            if message is None:
-                continue
-            error = message.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    remaining.discard(message.partition())
-                    continue
-                raise KafkaUnavailableError(f"reading {topic}: {error}")
-            headers = _headers(message.headers() or [])
-            yield DeadLetter(
-                topic,
-                message.partition() or 0,
-                message.offset() or 0,
-                codec(DEAD_LETTER).decode(message.value()),
-                headers,
-            )
-    finally:
-        consumer.close()
+    for message in read_to_end(kafka_config, topic, "kbatch-dlq-reader"):
+        yield DeadLetter(
+            topic,
+            message.partition() or 0,
+            message.offset() or 0,
+            codec(DEAD_LETTER).decode(message.value()),
+            _headers(message.headers() or []),
+        )
 
 
 def _headers(raw: Any) -> dict[str, str]:

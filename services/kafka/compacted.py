@@ -1,57 +1,62 @@
-"""Read a compacted topic to its end: the latest value of every key."""
+"""Read a topic from its start to its end: every record, or every key's latest value."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
 from services.errors import KafkaUnavailableError
 
 Value = TypeVar("Value")
 
 
-def read_latest(
-    kafka_config: dict[str, Any], topic: str, decode: Callable[[bytes], Value]
-) -> dict[str, Value]:
-    """Every key's latest value on the topic (tombstones remove the key), read to the end."""
+def read_to_end(kafka_config: dict[str, Any], topic: str, group: str) -> Iterator[Message]:
+    """Every committed record of every partition, up to where each ended when reached.
+
+    The end is known by EOF, not by offsets: a transactional topic ends in a commit
+    marker that no message carries. The group id commits nothing; it only names the
+    reader to the broker.
+    """
     consumer = Consumer(
         {
             **kafka_config,
-            "group.id": "kbatch-compacted-reader",
+            "group.id": group,
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
-            # The end is known by EOF, not by offsets: a transactional topic ends in a
-            # commit marker that no message carries.
             "enable.partition.eof": True,
         }
     )
     try:
         partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
-        ends = {}
-        for partition in partitions:
-            _, end = consumer.get_watermark_offsets(TopicPartition(topic, partition), 30, False)
-            if end > 0:
-                ends[partition] = end
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
-        latest: dict[str, Value] = {}
-        while ends:
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        remaining = set(partitions)
+        while remaining:
             message = consumer.poll(1.0)
             if message is None:
                 continue
             error = message.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    ends.pop(message.partition() or 0, None)
-                    continue
-                raise KafkaUnavailableError(f"reading {topic}: {error}")
-            key = (message.key() or b"").decode()
-            value = message.value()
-            if value is None:
-                latest.pop(key, None)
+            if error is None:
+                yield message
+            elif error.code() == KafkaError._PARTITION_EOF:
+                remaining.discard(message.partition())
             else:
-                latest[key] = decode(value)
-        return latest
+                raise KafkaUnavailableError(f"reading {topic}: {error}")
     finally:
         consumer.close()
+
+
+def read_latest(
+    kafka_config: dict[str, Any], topic: str, decode: Callable[[bytes], Value]
+) -> dict[str, Value]:
+    """Every key's latest value on a compacted topic (tombstones remove the key)."""
+    latest: dict[str, Value] = {}
+    for message in read_to_end(kafka_config, topic, "kbatch-compacted-reader"):
+        key = (message.key() or b"").decode()
+        value = message.value()
+        if value is None:
+            latest.pop(key, None)
+        else:
+            latest[key] = decode(value)
+    return latest
