@@ -315,8 +315,9 @@ class Worker:
         log.info("partition released", partition=part.partition)
 
     async def _forget(self, part: OwnedPartition) -> None:
-        if self.owned.get(part.partition) is part:
-            del self.owned[part.partition]
+        if self.owned.get(part.partition) is not part:
+            return  # forgotten already: fenced while it was being released
+        del self.owned[part.partition]
         self._paused.discard(part.partition)
         self._require_consumer().incremental_unassign([TopicPartition(self.topic, part.partition)])
         await asyncio.to_thread(part.txn.close)

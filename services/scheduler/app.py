@@ -77,7 +77,8 @@ class SchedulerService:
             self.options.heartbeat_timeout_s,
         )
         self._backlog_consumer: Consumer | None = None
-        self._heartbeat_offset = -1  # last heartbeat the agent consumed (stall watchdog)
+        # (topic, partition) -> offset of the last record an agent took (stall watchdog)
+        self._positions: dict[tuple[str, int], int] = {}
         self._retention_ms = int(self.options.job_retention_s * 1000)
         self._wire()
 
@@ -108,7 +109,7 @@ class SchedulerService:
     # -- agents ---------------------------------------------------------------
     async def _heartbeats(self, stream: Any) -> None:
         async for event in stream.events():
-            self._heartbeat_offset = event.message.offset
+            self._positions[(event.message.topic, event.message.partition)] = event.message.offset
             beat = _decode(HEARTBEAT, event.value, "heartbeats")
             if beat is None:
                 continue
@@ -120,6 +121,7 @@ class SchedulerService:
     async def _results(self, stream: Any) -> None:
         sweeper = _Sweeper(self.job_tables.results, self._retention_ms)
         async for event in stream.events():
+            self._positions[(event.message.topic, event.message.partition)] = event.message.offset
             result = _decode(RESULT, event.value, "results")
             if result is None:
                 continue
@@ -172,37 +174,51 @@ class SchedulerService:
             await wait_event(self.core.wake, self.options.assign_interval_s)
 
     async def _stall_watchdog(self) -> None:
-        """Exit when faust stops consuming heartbeats that are there to consume.
+        """Exit when faust stops consuming records that are there to consume.
 
-        After a broker restart faust-streaming 0.15 can lose its group session and
-        never resume fetching, freezing job progress while the process looks alive
-        (seen in the chaos test). Its state is in changelog tables and the
-        assignments topic, so the cheap, proven way back is a restart by the
-        supervisor: exit code 3. Workers beat every second, so a heartbeats topic
-        that grows while the agent stands still is a reliable sign.
+        After a broker restart under load faust-streaming 0.15 stopped fetching for
+        good in the chaos test, freezing job progress while the process looked alive.
+        Its state is in changelog tables and the assignments topic, so the cheap,
+        proven way back is a restart by the supervisor: exit code 3. A partition
+        whose end offset grew while the agent's position stood still for the whole
+        limit is the sign (growth, not the gap: transaction markers hold offsets
+        no message carries).
         """
         limit_s = 3 * self.options.session_timeout_s + 30
-        last_offset, still_since = self._heartbeat_offset, time.monotonic()
+        seen: dict[tuple[str, int], tuple[int, int, float]] = {}
         while True:
             await asyncio.sleep(5)
-            if self._heartbeat_offset != last_offset:
-                last_offset, still_since = self._heartbeat_offset, time.monotonic()
-                continue
             try:
-                end = await asyncio.to_thread(self._heartbeats_end)
+                ends = await asyncio.to_thread(self._watched_ends)
             except KafkaException as exc:
-                log.warning("watchdog cannot read the heartbeats end offset", error=str(exc))
+                log.warning("watchdog cannot read end offsets", error=str(exc))
                 continue
-            waiting = end - 1 > self._heartbeat_offset
-            if waiting and time.monotonic() - still_since > limit_s:
-                log.error("faust stopped consuming; exiting for a restart", stalled_s=limit_s)
-                os._exit(EXIT_STALLED)
+            now = time.monotonic()
+            for tp, end in ends.items():
+                position = self._positions.get(tp, -1)
+                before = seen.get(tp)
+                if before is None or position != before[0]:
+                    seen[tp] = (position, end, now)
+                elif end > before[1] and now - before[2] > limit_s:
+                    log.error(
+                        "faust stopped consuming; exiting for a restart",
+                        topic=tp[0],
+                        partition=tp[1],
+                    )
+                    os._exit(EXIT_STALLED)
 
-    def _heartbeats_end(self) -> int:
+    def _watched_ends(self) -> dict[tuple[str, int], int]:
         consumer = self._backlog_consumer_or_new()
-        tp = TopicPartition(self.settings.topics.heartbeats, 0)
-        _, high = consumer.get_watermark_offsets(tp, timeout=10, cached=False)
-        return int(high)
+        topics = self.settings.topics
+        watched = [(topics.heartbeats, 0)] + [
+            (topics.results, p) for p in range(topics.results_partitions)
+        ]
+        ends = {}
+        for topic, partition in watched:
+            tp = TopicPartition(topic, partition)
+            _, high = consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+            ends[(topic, partition)] = int(high)
+        return ends
 
     async def _one_pass(self) -> None:
         try:
