@@ -69,7 +69,13 @@ class BacklogMonitor:
     def start(self) -> None:
         # Never subscribes or commits: the group id only selects whose offsets are read.
         consumer = Consumer(
-            {**self._kafka_config, "group.id": self._group, "enable.auto.commit": False}
+            {
+                **self._kafka_config,
+                "group.id": self._group,
+                "enable.auto.commit": False,
+                # Committed offsets without waiting for open transactions to settle.
+                "isolation.level": "read_uncommitted",
+            }
         )
         self._refresh(consumer)
         self._thread = threading.Thread(

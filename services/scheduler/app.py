@@ -237,6 +237,10 @@ class SchedulerService:
                     **self.settings.kafka_config(),
                     "group.id": self.settings.inference_group,
                     "enable.auto.commit": False,
+                    # read_committed makes committed() wait for stable offsets, i.e. for
+                    # a dead worker's open transaction to time out (60 s), and the pass
+                    # that would hand its partitions on waited with it.
+                    "isolation.level": "read_uncommitted",
                 }
             )
         return self._backlog_consumer

@@ -115,7 +115,7 @@ def test_every_request_once_through_crashes_zombies_and_a_broker_restart(
             count = job_count(url, "chaos")
             return count if count >= total else None
 
-        counted = wait_for(counted_all, 150, "job count", interval_s=1)
+        counted = wait_for(counted_all, 240, "job count", interval_s=1)
     finally:
         for process in [*workers.values(), scheduler]:
             if process.process.poll() is None:
