@@ -275,7 +275,9 @@ class Worker:
     # -- ownership ------------------------------------------------------------
     async def _reconcile(self) -> None:
         for partition in sorted(set(self.owned) - self.desired):
-            await self._release(self.owned[partition])
+            part = self.owned.get(partition)
+            if part is not None:  # a concurrent commit may have lost it to fencing meanwhile
+                await self._release(part)
         # Taking a partition waits on init_transactions (the fence): do them together.
         await asyncio.gather(*(self._take(p) for p in sorted(self.desired - set(self.owned))))
         metrics.OWNED_PARTITIONS.set(len(self.owned))
