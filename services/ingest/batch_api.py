@@ -288,22 +288,20 @@ class BatchApi:
     def _with_files(
         self, batch: dict[str, Any], output_lines: int, error_lines: int
     ) -> dict[str, Any]:
+        """Publish the collector's files as the batch's output and error files."""
         batch_id = batch["id"]
         updated = dict(batch)
-        if output_lines:
-            updated["output_file_id"] = self.files.register_existing(
-                f"file-{batch_id}-output",
-                job_file(batch_id, OUTPUT),
-                f"{batch_id}_output.jsonl",
-                "batch_output",
-            ).id
-        if error_lines:
-            updated["error_file_id"] = self.files.register_existing(
-                f"file-{batch_id}-errors",
-                job_file(batch_id, ERRORS),
-                f"{batch_id}_errors.jsonl",
-                "batch_output",
-            ).id
+        for field, name, kind, lines in (
+            ("output_file_id", OUTPUT, "output", output_lines),
+            ("error_file_id", ERRORS, "errors", error_lines),
+        ):
+            if lines:
+                updated[field] = self.files.register_existing(
+                    f"file-{batch_id}-{kind}",
+                    job_file(batch_id, name),
+                    f"{batch_id}_{kind}.jsonl",
+                    "batch_output",
+                ).id
         return updated
 
 
