@@ -77,6 +77,10 @@ class TopicSettings(BaseModel):
     def batches(self) -> str:
         return f"{self.prefix}.batches"
 
+    @property
+    def job_progress(self) -> str:
+        return f"{self.prefix}.job-progress"
+
     def lane_layout(self) -> LaneLayout:
         return LaneLayout(self.high_partitions, self.normal_partitions, self.low_partitions)
 

@@ -48,6 +48,12 @@ def topic_catalog(topics: TopicSettings) -> list[TopicSpec]:
         TopicSpec(topics.jobs, 1, "job records (compacted)", compacted),
         TopicSpec(topics.dlq_replayed, 1, "dead letters already replayed (compacted)", compacted),
         TopicSpec(topics.batches, 1, "Batch API objects, JSON (compacted)", compacted),
+        TopicSpec(
+            topics.job_progress,
+            1,
+            "job progress per source partition, JSON checkpoints (compacted)",
+            compacted,
+        ),
     ]
 
 

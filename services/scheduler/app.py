@@ -1,9 +1,9 @@
 """The scheduler as a faust-streaming app: tables fed by agents, a pass loop, web views.
 
 Tables (changelog-backed, so a restarted scheduler recovers them without
-replaying the source topics): `workers` from heartbeats; `job-results` and
-`job-dead` from the results topic and the DLQ, keyed by job and source partition;
-`jobs` from the job records ingest writes.
+replaying the source topics): `workers` from heartbeats and `jobs` from the job
+records ingest writes. Job progress is counted by `progress.JobProgress`, a task
+of the app with its own checkpoints.
 """
 
 from __future__ import annotations
@@ -16,22 +16,22 @@ from typing import Any
 import faust
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from services.codec import DEAD_LETTER, HEARTBEAT, JOB, RESULT, codec
+from services.codec import HEARTBEAT, JOB, codec
 from services.errors import DecodeError, KbatchError
 from services.kafka.lag import partition_backlog
 from services.kafka.producer import AsyncProducer
 from services.lifecycle import wait_event
 from services.logs import get_logger
-from services.scheduler import jobs, metrics
+from services.scheduler import metrics
 from services.scheduler.book import AssignmentBook, read_published
 from services.scheduler.core import SchedulerCore
 from services.scheduler.fleet import WorkerState
+from services.scheduler.progress import JobProgress
 from services.scheduler.settings import SchedulerSettings
 from services.scheduler.views import JobTables, register_views
 
 log = get_logger("scheduler")
 
-SWEEP_EVERY_S = 60.0
 EXIT_STALLED = 3
 
 
@@ -64,11 +64,10 @@ class SchedulerService:
             broker_heartbeat_interval=max(1.0, self.options.session_timeout_s / 3),
         )
         self.workers = self.app.Table("workers", partitions=1)
-        self.job_tables = JobTables(
-            records=self.app.Table("jobs", partitions=1),
-            results=self.app.Table("job-results", partitions=topics.results_partitions),
-            dead=self.app.Table("job-dead", partitions=topics.dlq_partitions),
+        self.progress = JobProgress(
+            settings, self.options.job_retention_s, self.options.progress_checkpoint_s
         )
+        self.job_tables = JobTables(self.app.Table("jobs", partitions=1), self.progress)
         self.producer = AsyncProducer(settings.kafka_config(**{"linger.ms": 0}))
         self.core = SchedulerCore(
             topics.lane_layout(),
@@ -79,17 +78,15 @@ class SchedulerService:
         self._backlog_consumer: Consumer | None = None
         # (topic, partition) -> offset of the last record an agent took (stall watchdog)
         self._positions: dict[tuple[str, int], int] = {}
-        self._retention_ms = int(self.options.job_retention_s * 1000)
         self._wire()
 
     def _wire(self) -> None:
         topics = self.settings.topics
         self.app.agent(self._raw_topic(topics.heartbeats), name="heartbeats")(self._heartbeats)
-        self.app.agent(self._raw_topic(topics.results), name="results")(self._results)
-        self.app.agent(self._raw_topic(topics.dlq), name="dead-letters")(self._dead_letters)
         self.app.agent(self._raw_topic(topics.jobs), name="jobs")(self._jobs)
         self.app.task(self._assignment_loop)
         self.app.task(self._stall_watchdog)
+        self.app.task(self.progress.run)
         register_views(
             self.app,
             self.core,
@@ -117,28 +114,6 @@ class SchedulerService:
             self.workers[beat["worker_id"]] = {"heartbeat": beat, "received_at_ms": now_ms()}
             if previous is None or _changed(previous["heartbeat"], beat):
                 self.core.wake.set()
-
-    async def _results(self, stream: Any) -> None:
-        sweeper = _Sweeper(self.job_tables.results, self._retention_ms)
-        async for event in stream.events():
-            self._positions[(event.message.topic, event.message.partition)] = event.message.offset
-            result = _decode(RESULT, event.value, "results")
-            if result is None:
-                continue
-            failed = result["error"] is not None
-            _count(self.job_tables.results, result["job_id"], event.message, failed=failed)
-            metrics.JOB_OUTCOMES.labels("failed" if failed else "completed").inc()
-            sweeper.maybe(event.message.partition)
-
-    async def _dead_letters(self, stream: Any) -> None:
-        sweeper = _Sweeper(self.job_tables.dead, self._retention_ms)
-        async for event in stream.events():
-            dead = _decode(DEAD_LETTER, event.value, "dlq")
-            if dead is None:
-                continue
-            _count(self.job_tables.dead, dead["job_id"] or "(unknown)", event.message, failed=True)
-            metrics.JOB_OUTCOMES.labels("dead_letter").inc()
-            sweeper.maybe(event.message.partition)
 
     async def _jobs(self, stream: Any) -> None:
         async for event in stream.events():
@@ -177,7 +152,8 @@ class SchedulerService:
         """Exit when faust stops consuming records that are there to consume.
 
         After a broker restart under load faust-streaming 0.15 stopped fetching for
-        good in the chaos test, freezing job progress while the process looked alive.
+        good in the chaos test, freezing the worker table (and so every assignment)
+        while the process looked alive.
         Its state is in changelog tables and the assignments topic, so the cheap,
         proven way back is a restart by the supervisor: exit code 3. A partition
         whose end offset grew while the agent's position stood still for the whole
@@ -210,11 +186,8 @@ class SchedulerService:
     def _watched_ends(self) -> dict[tuple[str, int], int]:
         consumer = self._backlog_consumer_or_new()
         topics = self.settings.topics
-        watched = [(topics.heartbeats, 0)] + [
-            (topics.results, p) for p in range(topics.results_partitions)
-        ]
         ends = {}
-        for topic, partition in watched:
+        for topic, partition in [(topics.heartbeats, 0)]:
             tp = TopicPartition(topic, partition)
             _, high = consumer.get_watermark_offsets(tp, timeout=10, cached=False)
             ends[(topic, partition)] = int(high)
@@ -266,36 +239,3 @@ def _changed(before: dict[str, Any], after: dict[str, Any]) -> bool:
     """A heartbeat that changes what the assignment depends on wakes the pass loop."""
     fields = ("healthy", "draining", "leaving", "capacity", "pool", "owned", "generation")
     return any(before.get(f) != after.get(f) for f in fields)
-
-
-def _count(table: Any, job_id: str, message: Any, *, failed: bool) -> None:
-    key = jobs.entry_key(job_id, message.partition)
-    entry = jobs.counted(
-        table.get(key),
-        message.offset,
-        completed=0 if failed else 1,
-        failed=int(failed),
-        now_ms=now_ms(),
-    )
-    if entry is not None:  # None: a replayed event already counted
-        table[key] = entry
-
-
-class _Sweeper:
-    """Expires a table's idle entries of the partition being processed, now and then."""
-
-    def __init__(self, table: Any, retention_ms: int) -> None:
-        self._table = table
-        self._retention_ms = retention_ms
-        self._last: dict[int, float] = {}
-
-    def maybe(self, partition: int) -> None:
-        now = time.monotonic()
-        if now - self._last.get(partition, 0.0) < SWEEP_EVERY_S:
-            return
-        self._last[partition] = now
-        suffix = f"|{partition}"
-        for key, entry in list(self._table.items()):
-            idle = jobs.expired(entry["updated_ms"], now_ms(), self._retention_ms)
-            if key.endswith(suffix) and idle:
-                del self._table[key]

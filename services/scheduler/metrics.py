@@ -24,6 +24,9 @@ FAILOVER_SECONDS = Histogram(
 JOB_OUTCOMES = Counter(
     "kbatch_scheduler_job_outcomes_total", "Outcomes counted into job progress", ["outcome"]
 )
+PROGRESS_CHECKPOINTS = Counter(
+    "kbatch_scheduler_progress_checkpoints_total", "Job progress checkpoints saved"
+)
 UNDECODABLE = Counter(
     "kbatch_scheduler_undecodable_records_total",
     "Records the scheduler could not decode",

@@ -38,9 +38,12 @@ class SchedulerOptions(BaseModel):
     )
     data_dir: str = Field(".kbatch/scheduler", description="faust's local data directory")
     processing_guarantee: Literal["exactly_once", "at_least_once"] = Field(
-        "exactly_once",
-        description="faust guarantee; exactly_once makes faust read results read_committed, "
-        "so aborted results are never counted",
+        "at_least_once",
+        description="faust guarantee for the heartbeat and job-record tables (both keep the "
+        "latest value per key, so a replay changes nothing)",
+    )
+    progress_checkpoint_s: float = Field(
+        1.0, gt=0, description="how often counted job progress is saved to its compacted topic"
     )
 
 

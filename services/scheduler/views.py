@@ -13,30 +13,22 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from services.scheduler import jobs
 from services.scheduler.core import SchedulerCore
 from services.scheduler.fleet import WorkerState
+from services.scheduler.progress import JobProgress
 
 
 @dataclass(frozen=True)
 class JobTables:
-    """The faust tables job progress is read from."""
+    """Where a job's view is read from: ingest's job records and the counted outcomes."""
 
     records: Any
-    results: Any
-    dead: Any
+    progress: JobProgress
 
     def view(self, job_id: str) -> dict[str, Any]:
-        prefix = f"{job_id}|"
-        return jobs.job_view(
-            job_id,
-            self.records.get(job_id),
-            [e for k, e in self.results.items() if k.startswith(prefix)],
-            [e for k, e in self.dead.items() if k.startswith(prefix)],
-        )
+        results, dead = self.progress.counts(job_id)
+        return jobs.job_view(job_id, self.records.get(job_id), results, dead)
 
     def job_ids(self) -> list[str]:
-        ids = set(self.records)
-        ids.update(jobs.job_of(k) for k in self.results)
-        ids.update(jobs.job_of(k) for k in self.dead)
-        return sorted(ids)
+        return sorted(set(self.records) | self.progress.job_ids())
 
 
 def register_views(
