@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint demo kafka-up kafka-down bench-ingest bench-pipeline bench-failover clean
+.PHONY: test lint demo kafka-up kafka-down bench-ingest bench-pipeline bench-failover bench-chaos bench-scale clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ bench-pipeline: $(STAMP)
 
 bench-failover: $(STAMP)
 	$(BIN)/python -m bench.failover
+
+bench-chaos: $(STAMP)
+	$(BIN)/python -m bench.chaos
+
+bench-scale: $(STAMP)
+	$(BIN)/python -m bench.scale
 
 clean:
 	rm -rf $(VENV) .kbatch .mypy_cache .ruff_cache .pytest_cache

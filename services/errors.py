@@ -57,3 +57,7 @@ class EngineDeadError(EngineError):
 
 class FencedError(KbatchError):
     """Another owner has taken this partition's transactional id."""
+
+
+class ProducerFatalError(KbatchError):
+    """A transactional producer hit a fatal error: it must be replaced, its work redone."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -32,6 +33,21 @@ def request_record(job: str, index: int, lane: str = "normal", **body: Any) -> d
         "submitted_at_ms": int(time.time() * 1000),
         "attempt": 0,
     }
+
+
+def batch_line(custom_id: str, model: str = "kbatch-sim", max_tokens: int = 8) -> str:
+    return json.dumps(
+        {
+            "custom_id": custom_id,
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": model,
+                "messages": [{"role": "user", "content": f"score {custom_id}"}],
+                "max_tokens": max_tokens,
+            },
+        }
+    )
 
 
 def publish(

@@ -35,6 +35,9 @@ class FileStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         (root / "files").mkdir(parents=True, exist_ok=True)
+        # A write cut short by a crash left only its temporary file: never a file object.
+        for stale in (root / "files").glob("*.tmp"):
+            stale.unlink()
 
     def save_upload(self, source: BinaryIO, filename: str, purpose: str) -> FileObject:
         file_id = f"file-{uuid.uuid4().hex}"

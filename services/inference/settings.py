@@ -92,6 +92,12 @@ class InferenceOptions(BaseModel):
         "only for measuring what transactions cost",
     )
     transaction_timeout_ms: int = Field(60_000, ge=1000, description="transaction.timeout.ms")
+    commit_stall_s: float = Field(
+        120.0,
+        gt=0,
+        description="a commit blocked this long (past librdkafka's own timeouts) exits the "
+        "worker with code 4 for its supervisor to restart",
+    )
     max_attempts: int = Field(4, ge=1, description="tries per request for transient errors")
     retry_initial_s: float = Field(0.1, ge=0, description="first retry backoff")
     retry_max_s: float = Field(5.0, ge=0, description="largest retry backoff")

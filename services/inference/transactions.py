@@ -8,11 +8,11 @@ Calls block (librdkafka waits on the broker): run them on a thread.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
-from services.errors import FencedError, KafkaUnavailableError
+from services.errors import FencedError, KafkaUnavailableError, ProducerFatalError
 from services.inference.outputs import OutRecord
 
 _FENCED = {
@@ -59,9 +59,22 @@ class PartitionTransactions:
             if isinstance(error, FencedError):
                 # Unusable from now on; its transaction belongs to the new owner's epoch.
                 self._producer = None
-            else:
-                self._abort_quietly(producer, exc)
+                raise error from exc
+            if exc.args[0].fatal():
+                self._discard(exc)
+            # Any other failure may leave the transaction open (a timed-out
+            # send_offsets is retriable yet leaves it "InTransaction", and every
+            # later begin_transaction fails): abort it so the next commit starts clean.
+            try:
+                producer.abort_transaction(self._timeout_s)
+            except KafkaException as abort_failed:
+                self._discard(abort_failed)
             raise error from exc
+
+    def _discard(self, exc: KafkaException) -> NoReturn:
+        """Only a new producer's init_transactions() can end what this one left open."""
+        self._producer = None
+        raise ProducerFatalError(f"{self.txn_id}: {exc.args[0].str()}") from exc
 
     def close(self) -> None:
         if self._producer is not None:
@@ -81,14 +94,6 @@ class PartitionTransactions:
                 return
             except BufferError:
                 producer.poll(0.05)
-
-    def _abort_quietly(self, producer: Producer, cause: KafkaException) -> None:
-        """Abort after a failed commit; a fatal producer is replaced on the next open()."""
-        error = cause.args[0]
-        if error.txn_requires_abort():
-            producer.abort_transaction(self._timeout_s)
-        elif error.fatal():
-            self._producer = None
 
     def _translate(self, exc: KafkaException) -> Exception:
         error: KafkaError = exc.args[0]

@@ -14,7 +14,7 @@ Design notes:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ from services.errors import (
     EngineDeadError,
     FencedError,
     KafkaUnavailableError,
+    ProducerFatalError,
 )
 from services.inference import metrics
 from services.inference.at_least_once import PartitionAtLeastOnce
@@ -44,13 +45,14 @@ from services.inference.runner import RequestRunner, RunnerConfig
 from services.inference.settings import InferenceSettings
 from services.inference.transactions import PartitionTransactions, transactional_id
 from services.kafka.stats import stats_config
-from services.lifecycle import wait_event
+from services.lifecycle import exit_now, wait_event
 from services.logs import get_logger
 
 log = get_logger("worker")
 
 
 EXIT_ENGINE_DEAD = 3
+EXIT_TRANSACTION_HUNG = 4
 
 
 @dataclass(eq=False)
@@ -251,7 +253,10 @@ class Worker:
             offset = TopicPartition(self.topic, part.partition, plan.next_offset)
             started = asyncio.get_running_loop().time()
             try:
-                await asyncio.to_thread(part.txn.commit, plan.outputs, offset, self._group_metadata)
+                await self._bounded(
+                    asyncio.to_thread(part.txn.commit, plan.outputs, offset, self._group_metadata),
+                    part.partition,
+                )
             except FencedError as exc:
                 metrics.ABORTS.labels("fenced").inc()
                 log.warning(
@@ -262,6 +267,11 @@ class Worker:
                 self.desired.discard(part.partition)
                 await self._forget(part)
                 return
+            except ProducerFatalError as exc:
+                metrics.ABORTS.labels("broker").inc()
+                log.warning("producer failed for good; taking the partition afresh", error=str(exc))
+                await self._forget(part)  # still desired: the main loop takes it again
+                return
             except (KafkaUnavailableError, DeliveryError) as exc:
                 metrics.ABORTS.labels("broker").inc()
                 log.warning("commit failed, will retry", partition=part.partition, error=str(exc))
@@ -271,6 +281,27 @@ class Worker:
             results = sum(1 for r in plan.outputs if r.topic == self.settings.topics.results)
             metrics.RESULTS.labels(self.engine.name).inc(results)
             part.progress.committed(plan)
+
+    async def _bounded(self, commit: Awaitable[None], partition: int) -> None:
+        """Wait for a commit, or exit the process if it outlives every timeout it was given.
+
+        librdkafka's send_offsets_to_transaction can block forever once the group
+        coordinator went away (librdkafka issues 5456 and 5511; seen here after a
+        broker restart in the chaos test). The blocked thread cannot be interrupted
+        and its transaction must not be left half-done in-process, so the worker
+        exits for its supervisor; the partition's next owner fences and aborts the
+        open transaction, and nothing uncommitted was published.
+        """
+        call = asyncio.ensure_future(commit)
+        try:
+            await asyncio.wait_for(asyncio.shield(call), self.options.commit_stall_s)
+        except TimeoutError:
+            log.error(
+                "transaction call hung past its timeouts; exiting for a restart",
+                partition=partition,
+                limit_s=self.options.commit_stall_s,
+            )
+            exit_now(EXIT_TRANSACTION_HUNG)
 
     # -- ownership ------------------------------------------------------------
     async def _reconcile(self) -> None:

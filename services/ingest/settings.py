@@ -17,7 +17,9 @@ class IngestOptions(BaseModel):
     served_models: tuple[str, ...] = Field(
         ("kbatch-sim",), description="models the deployment serves (JSON list)"
     )
-    max_lines_per_job: int = Field(50_000, ge=1, description="lines accepted per job")
+    max_lines_per_job: int = Field(
+        500_000, ge=1, description="lines accepted per job (their custom_ids are held in memory)"
+    )
     max_line_bytes: int = Field(1_000_000, ge=64, description="bytes per request line")
     max_max_tokens: int = Field(32_768, ge=1, description="largest max_tokens a line may ask")
     max_uploads_in_flight: int = Field(16, ge=1, description="concurrent uploads before 429")

@@ -9,7 +9,6 @@ of the app with its own checkpoints.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from typing import Any
 
@@ -20,7 +19,7 @@ from services.codec import HEARTBEAT, JOB, codec
 from services.errors import DecodeError, KbatchError
 from services.kafka.lag import partition_backlog
 from services.kafka.producer import AsyncProducer
-from services.lifecycle import wait_event
+from services.lifecycle import exit_now, wait_event
 from services.logs import get_logger
 from services.scheduler import metrics
 from services.scheduler.book import AssignmentBook, read_published
@@ -181,7 +180,7 @@ class SchedulerService:
                         topic=tp[0],
                         partition=tp[1],
                     )
-                    os._exit(EXIT_STALLED)
+                    exit_now(EXIT_STALLED)
 
     def _watched_ends(self) -> dict[tuple[str, int], int]:
         consumer = self._backlog_consumer_or_new()

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
 import faust
 
 from services import build_info
+from services.lifecycle import exit_now
 from services.logs import configure_logging, get_logger
 from services.scheduler.app import SchedulerService
 from services.scheduler.settings import SchedulerSettings
@@ -28,10 +26,7 @@ def run(settings: SchedulerSettings | None = None) -> None:
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     log.info("scheduler stopped", code=code)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Every service has stopped by now, but faust-streaming 0.15's exactly-once
-    # consumer thread can outlive a failed final offset commit ("Not in the middle
-    # of a transaction") and would hold interpreter exit forever. Its uncommitted
-    # work is safe: the transaction it belonged to never committed.
-    os._exit(code)
+    # Every service has stopped by now, but faust-streaming 0.15's consumer thread
+    # can outlive a failed final offset commit and would hold interpreter exit
+    # forever; what it had not committed is re-read by the next scheduler.
+    exit_now(code)

@@ -14,7 +14,7 @@ import pytest
 
 from services.settings import TopicSettings
 from tests.kafka_helpers import free_port, unique_topics, wait_for
-from tests.pipeline_helpers import shared_env, start_follower, start_scheduler
+from tests.pipeline_helpers import batch_line, shared_env, start_follower, start_scheduler
 from tests.processes import ServiceProcess
 
 
@@ -54,21 +54,6 @@ def stack(bootstrap: str, tmp_path: Path) -> Iterator[Stack]:
     yield built
     for process in built.processes:
         assert process.terminate() == 0, process.log()
-
-
-def batch_line(custom_id: str, model: str = "kbatch-sim", max_tokens: int = 8) -> str:
-    return json.dumps(
-        {
-            "custom_id": custom_id,
-            "method": "POST",
-            "url": "/v1/chat/completions",
-            "body": {
-                "model": model,
-                "messages": [{"role": "user", "content": f"score {custom_id}"}],
-                "max_tokens": max_tokens,
-            },
-        }
-    )
 
 
 def upload(client: openai.OpenAI, tmp_path: Path, lines: list[str]) -> str:

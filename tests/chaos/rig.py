@@ -1,0 +1,191 @@
+"""A running deployment to break: broker, topics, scheduler, workers, a job, and its checks.
+
+Used by the short chaos test (every fault in turn on one job) and by
+`bench/chaos` (each fault alone, many times, into a report table). The rig plays
+the supervisor too: a service that exits asking for a restart is restarted.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from services.inference.worker import EXIT_TRANSACTION_HUNG
+from services.kafka import local_broker
+from services.scheduler.app import EXIT_STALLED
+from services.settings import TopicSettings
+from tests.kafka_helpers import free_port, unique_topics, wait_for
+from tests.pipeline_helpers import (
+    Outcomes,
+    outcomes,
+    publish,
+    request_record,
+    shared_env,
+    start_follower,
+    start_scheduler,
+)
+from tests.processes import ServiceProcess
+
+ROOT = Path(__file__).resolve().parents[2]
+JOB = "chaos"
+HEARTBEAT_TIMEOUT_S = 4.0  # start_scheduler's test setting
+
+
+def own_broker(directory: Path) -> local_broker.BrokerLayout:
+    """A broker of the rig's own: restarting it must not disturb anyone else's."""
+    layout = local_broker.BrokerLayout(
+        directory,
+        port=free_port(),
+        controller_port=free_port(),
+        jar_cache=ROOT / ".kbatch" / "jars",
+    )
+    local_broker.up(layout)
+    return layout
+
+
+@dataclass
+class Verdict:
+    """What the results topic and the DLQ hold for the job, against what was published."""
+
+    requests: int
+    lost: int
+    duplicated: int
+    dead_letters: int
+    counted: int  # the scheduler's job count
+
+    @property
+    def exact(self) -> bool:
+        return self.lost == 0 and self.duplicated == 0 and self.counted == self.requests
+
+
+@dataclass
+class ChaosRig:
+    broker: local_broker.BrokerLayout
+    log_dir: Path
+    engine: dict[str, str]
+    topics: TopicSettings = field(init=False)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    workers: dict[str, ServiceProcess] = field(default_factory=dict)
+    pools: dict[str, str] = field(default_factory=dict)
+    exits: dict[str, int] = field(default_factory=dict)
+    _scheduler: ServiceProcess | None = None
+    url: str = ""
+    _names: int = 0
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.broker.port}"
+
+    def start(self, requests: int, workers: int = 2, capacity: int = 6) -> None:
+        self.topics = unique_topics(
+            self.bootstrap, high_partitions=2, normal_partitions=2, low_partitions=2
+        )
+        self.records = [request_record(JOB, i, max_tokens=12) for i in range(requests)]
+        publish(self.bootstrap, self.topics, self.records)
+        self.start_scheduler()
+        for pool in ["dedicated", "spot", "dedicated", "spot"][:workers]:
+            self.start_worker(pool, capacity)
+
+    # -- processes --------------------------------------------------------------
+    def _name(self, kind: str) -> str:
+        self._names += 1
+        return f"{kind}-{self._names}"
+
+    def start_scheduler(self) -> None:
+        name = self._name("scheduler")
+        self._scheduler, self.url = start_scheduler(self.bootstrap, self.topics, self.log_dir, name)
+
+    @property
+    def scheduler(self) -> ServiceProcess:
+        assert self._scheduler is not None
+        return self._scheduler
+
+    def start_worker(self, pool: str, capacity: int = 6) -> str:
+        name = self._name("worker")
+        self.workers[name] = start_follower(
+            self.bootstrap, self.topics, self.log_dir, name, pool, capacity, **self.engine
+        )[0]
+        self.pools[name] = pool
+        return name
+
+    def stopped(self, name: str, code: int) -> None:
+        """A worker the test stopped on purpose: forget it, keep its exit code."""
+        self.workers.pop(name)
+        self.exits[name] = code
+
+    def supervise(self) -> None:
+        """Restart what exited asking for a restart, as a supervisor would."""
+        if self.scheduler.process.poll() == EXIT_STALLED:
+            self.exits[f"stalled {time.monotonic_ns()}"] = EXIT_STALLED
+            self.start_scheduler()
+        for name, process in list(self.workers.items()):
+            if process.process.poll() == EXIT_TRANSACTION_HUNG:
+                self.stopped(name, EXIT_TRANSACTION_HUNG)
+                self.start_worker(self.pools[name])
+
+    def close(self) -> None:
+        for name, process in self.workers.items():
+            self.exits[name] = process.terminate(timeout_s=60)
+        if self._scheduler is not None:
+            self._scheduler.terminate(timeout_s=60)
+
+    # -- observing --------------------------------------------------------------
+    def outcomes(self, expect: int = 0, timeout_s: float = 0) -> Outcomes:
+        found = outcomes(self.bootstrap, self.topics, expect, timeout_s)
+        return Outcomes(
+            [r for r in found.results if r["job_id"] == JOB],
+            [(d, h) for d, h in found.dead if d["job_id"] == JOB],
+        )
+
+    def done(self) -> int:
+        return self.outcomes().total
+
+    def wait_progress(self, more: int, what: str, timeout_s: float = 120) -> None:
+        """Wait until `more` further outcomes are committed (or the job is done)."""
+        target = min(self.done() + more, len(self.records))
+
+        def advanced() -> bool:
+            self.supervise()
+            return self.done() >= target
+
+        wait_for(advanced, timeout_s, what, interval_s=0.5)
+
+    def owned(self) -> dict[str, set[int]]:
+        """Partitions each live worker reports owning, from the scheduler's view."""
+        workers = httpx.get(f"{self.url}/workers", timeout=5).json()["workers"]
+        return {w["worker_id"]: set(w["owned"]) for w in workers if w["alive"]}
+
+    def job_count(self) -> int:
+        try:
+            view = httpx.get(f"{self.url}/jobs/{JOB}", timeout=5).json()
+        except httpx.HTTPError:
+            return -1
+        return int(view["completed"]) + int(view["failed"])
+
+    def verdict(self, timeout_s: float = 300) -> Verdict:
+        """Wait for every request's outcome and the scheduler's count, then compare."""
+        total = len(self.records)
+        deadline = time.monotonic() + timeout_s
+        while self.done() < total and time.monotonic() < deadline:
+            self.supervise()
+            time.sleep(1)
+        found = self.outcomes()
+        while self.job_count() < total and time.monotonic() < deadline:
+            self.supervise()
+            time.sleep(1)
+        seen = found.result_ids() + found.dead_ids()
+        published = {r["request_id"] for r in self.records}
+        return Verdict(
+            requests=total,
+            lost=len(published - set(seen)),
+            duplicated=sum(n - 1 for n in seen.values() if n > 1),
+            dead_letters=len(found.dead),
+            counted=self.job_count(),
+        )
+
+    def env(self) -> dict[str, str]:
+        return shared_env(self.bootstrap, self.topics)
