@@ -57,6 +57,8 @@ class FileStore:
         )
 
     def get(self, file_id: str) -> FileObject | None:
+        if not _valid_id(file_id):
+            return None  # no file could have this id
         meta = self._meta_path(file_id)
         if not meta.is_file():
             return None
@@ -80,9 +82,14 @@ class FileStore:
         return file
 
     def _meta_path(self, file_id: str) -> Path:
-        if not file_id.replace("-", "").replace("_", "").isalnum():
+        if not _valid_id(file_id):
             raise ValueError(f"bad file id {file_id!r}")
         return self.root / "files" / f"{file_id}.json"
+
+
+def _valid_id(file_id: str) -> bool:
+    """Ids become file names: only ASCII letters, digits, '-' and '_'."""
+    return file_id.isascii() and file_id.replace("-", "").replace("_", "").isalnum()
 
 
 class _Bytes:

@@ -33,6 +33,7 @@ from services.kafka.stats import stats_config
 from services.lanes import Lane
 from services.logs import get_logger
 from services.ops_http import ops_routes
+from services.resources import data_dir
 
 log = get_logger("ingest")
 _JOB_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -198,6 +199,12 @@ def _flag(value: str) -> bool:
     raise ValueError(f"expected true or false, got {value!r}")
 
 
+async def openapi_document(_: Request) -> Response:
+    """The API's OpenAPI document (`schemas/ingest.openapi.json`; a test keeps it whole)."""
+    path = data_dir("schemas") / "ingest.openapi.json"
+    return Response(path.read_bytes(), media_type="application/json")
+
+
 def create_app(settings: IngestSettings) -> Starlette:
     service = IngestService(settings)
     routes = [
@@ -205,6 +212,7 @@ def create_app(settings: IngestSettings) -> Starlette:
         Route("/v1/jobs/{job_id}/seal", service.seal, methods=["POST"]),
         *service.batch_api.routes(),
         *ops_routes(service.health),
+        Route("/openapi.json", openapi_document),
     ]
     middleware = []
     if settings.ingest.tenant_tokens:

@@ -9,7 +9,6 @@ progress (or, without a scheduler, from the collector's line counts).
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -149,8 +148,10 @@ class BatchApi:
     async def create_batch(self, request: Request) -> Response:
         try:
             body = await request.json()
-        except json.JSONDecodeError:
+        except ValueError:  # not JSON, or not UTF-8
             return openai_error(400, "body must be JSON")
+        if not isinstance(body, dict):
+            return openai_error(400, "body must be a JSON object")
         file = self.files.get(str(body.get("input_file_id", "")))
         if file is None:
             return openai_error(400, "input_file_id names no file", "input_file_id")
@@ -216,7 +217,10 @@ class BatchApi:
         )
 
     async def list_batches(self, request: Request) -> Response:
-        limit = min(100, max(1, int(request.query_params.get("limit", "20"))))
+        try:
+            limit = min(100, max(1, int(request.query_params.get("limit", "20"))))
+        except ValueError:
+            return openai_error(400, "limit must be an integer", "limit")
         after = request.query_params.get("after")
         ordered = sorted(self.batches.all(), key=lambda b: (b["created_at"], b["id"]), reverse=True)
         if after:

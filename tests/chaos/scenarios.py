@@ -206,6 +206,7 @@ def _run_batch_whole(url: str, body: bytes, lines: int) -> None:
                 "input_file_id": uploaded.json()["id"],
                 "endpoint": "/v1/chat/completions",
                 "completion_window": "24h",
+                "priority": "high",  # the rig keeps the high lane free of its own job
             },
         )
         created.raise_for_status()

@@ -1,0 +1,83 @@
+"""A failed commit never leaves a transaction open: aborted, or the producer replaced."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from services.errors import FencedError, KafkaUnavailableError, ProducerFatalError
+from services.inference.outputs import OutRecord
+from services.inference.transactions import PartitionTransactions
+
+
+class ScriptedProducer:
+    """Stands in for librdkafka's producer: raises what a call is scripted to raise."""
+
+    def __init__(self, fails: dict[str, KafkaError]) -> None:
+        self.fails = fails
+        self.calls: list[str] = []
+
+    def _call(self, name: str) -> None:
+        self.calls.append(name)
+        if name in self.fails:
+            raise KafkaException(self.fails[name])
+
+    def begin_transaction(self) -> None:
+        self._call("begin")
+
+    def produce(self, *args: Any, **kwargs: Any) -> None:
+        self._call("produce")
+
+    def send_offsets_to_transaction(self, *args: Any) -> None:
+        self._call("send_offsets")
+
+    def commit_transaction(self, *args: Any) -> None:
+        self._call("commit")
+
+    def abort_transaction(self, *args: Any) -> None:
+        self._call("abort")
+
+
+def commit_with(producer: ScriptedProducer) -> PartitionTransactions:
+    txn = PartitionTransactions({}, "t.inference.requests.0")
+    txn._producer = producer  # type: ignore[assignment]
+    record = OutRecord("results", b"key", b"value", [])
+    txn.commit([record], TopicPartition("requests", 0, 10), None)
+    return txn
+
+
+TIMED_OUT = KafkaError(KafkaError._TIMED_OUT, "timed out", retriable=True)
+
+
+def test_a_retriable_failure_aborts_the_open_transaction() -> None:
+    producer = ScriptedProducer({"send_offsets": TIMED_OUT})
+    with pytest.raises(KafkaUnavailableError):
+        commit_with(producer)
+    assert producer.calls == ["begin", "produce", "send_offsets", "abort"]
+
+
+def test_a_failed_abort_replaces_the_producer() -> None:
+    producer = ScriptedProducer({"commit": TIMED_OUT, "abort": TIMED_OUT})
+    txn = PartitionTransactions({}, "t.inference.requests.0")
+    txn._producer = producer  # type: ignore[assignment]
+    with pytest.raises(ProducerFatalError):
+        txn.commit([], TopicPartition("requests", 0, 10), None)
+    assert txn._producer is None
+
+
+def test_a_fatal_error_replaces_the_producer_without_abort() -> None:
+    fatal = KafkaError(KafkaError._FATAL, "fatal", fatal=True)
+    producer = ScriptedProducer({"commit": fatal})
+    with pytest.raises(ProducerFatalError):
+        commit_with(producer)
+    assert "abort" not in producer.calls
+
+
+def test_fencing_is_not_aborted_and_not_retried() -> None:
+    fenced = KafkaError(KafkaError.PRODUCER_FENCED, "fenced")
+    producer = ScriptedProducer({"send_offsets": fenced})
+    with pytest.raises(FencedError):
+        commit_with(producer)
+    assert "abort" not in producer.calls
