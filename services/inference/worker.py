@@ -14,11 +14,12 @@ Design notes:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
 from services.codec import REQUEST, codec
 from services.errors import (
@@ -53,6 +54,7 @@ log = get_logger("worker")
 
 EXIT_ENGINE_DEAD = 3
 EXIT_TRANSACTION_HUNG = 4
+LANE_PROBE_S = 0.5
 
 
 @dataclass(eq=False)
@@ -60,6 +62,7 @@ class OwnedPartition:
     partition: int
     txn: PartitionTransactions | PartitionAtLeastOnce
     progress: PartitionProgress[OutRecord]
+    next_offset: int  # of the next record to take: the lane gate's view of its backlog
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     releasing: bool = False
 
@@ -86,6 +89,8 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight = 0
         self._paused: set[int] = set()
+        self._ends: dict[int, int] = {}  # end offsets of owned partitions, for the lane gate
+        self._ends_at = 0.0
         self._slot_freed = asyncio.Event()
         self._commit_wanted = asyncio.Event()
         self._runner = RequestRunner(
@@ -157,6 +162,7 @@ class Worker:
         consumer = self._require_consumer()
         flow = self._flow(stopping)
         releasing = {p for p, owned in self.owned.items() if owned.releasing}
+        await self._refresh_ends()
         self._set_paused(paused_partitions(flow, set(self.owned), releasing, self._gated()))
         budget = room(flow)
         if budget == 0 or not self.owned:
@@ -181,6 +187,7 @@ class Worker:
             self.topic, partition, offset, message.key(), message.value(), replays_of(message)
         )
         part.progress.started(offset)
+        part.next_offset = offset + 1
         try:
             record = codec(REQUEST).decode(message.value())
         except DecodeError as exc:
@@ -330,10 +337,13 @@ class Worker:
         if start < 0:
             low, _ = await asyncio.to_thread(consumer.get_watermark_offsets, tp, 30, False)
             start = low
-        self.owned[partition] = OwnedPartition(partition, txn, PartitionProgress(start))
+        self.owned[partition] = OwnedPartition(partition, txn, PartitionProgress(start), start)
         consumer.incremental_assign(
             [TopicPartition(self.topic, partition, start or OFFSET_BEGINNING)]
         )
+        # librdkafka keeps a partition's pause flag across unassign and assign: one this
+        # worker paused while releasing it earlier would stay silent when taken back.
+        consumer.resume([TopicPartition(self.topic, partition)])
         log.info("partition taken", partition=partition, offset=start)
 
     async def _release(self, part: OwnedPartition) -> None:
@@ -400,18 +410,45 @@ class Worker:
             consumer.resume([TopicPartition(self.topic, p) for p in to_resume])
         self._paused = wanted & set(self.owned)
 
+    async def _refresh_ends(self) -> None:
+        """Ask the broker for end offsets, at most every LANE_PROBE_S.
+
+        librdkafka's cached watermarks only move with fetch responses, and it stops
+        fetching while its prefetch queue is full of lower-lane records, so a high
+        lane's new records stayed invisible to the gate (seen: 77 s queue waits).
+        """
+        now = time.monotonic()
+        if len(self.owned) < 2 or now - self._ends_at < LANE_PROBE_S:
+            return
+        self._ends_at = now
+        consumer = self._require_consumer()
+        owned = list(self.owned)
+
+        def ends() -> dict[int, int]:
+            return {
+                p: consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, p), timeout=5, cached=False
+                )[1]
+                for p in owned
+            }
+
+        try:
+            self._ends = await asyncio.to_thread(ends)
+        except KafkaException as exc:
+            log.warning("end offsets unavailable; lane gate uses the last known", error=str(exc))
+
     def _gated(self) -> set[int]:
         """Lower-lane partitions held back while a higher lane has records waiting."""
         if len(self.owned) < 2:
             return set()
         consumer = self._require_consumer()
         lanes = {p: self._layout.lane_of(p) for p in self.owned}
-        tps = [TopicPartition(self.topic, p) for p in self.owned]
         backlog: dict[int, int | None] = {}
-        for tp in consumer.position(tps):
-            _, high = consumer.get_watermark_offsets(tp, cached=True)
-            known = tp.offset >= 0 and high >= 0
-            backlog[tp.partition] = max(0, high - tp.offset) if known else None
+        for partition, part in self.owned.items():
+            tp = TopicPartition(self.topic, partition)
+            _, cached_high = consumer.get_watermark_offsets(tp, cached=True)
+            high = max(cached_high, self._ends.get(partition, -1))
+            backlog[partition] = max(0, high - part.next_offset) if high >= 0 else None
         return lane_gate(lanes, backlog)
 
     def _update_gauges(self) -> None:

@@ -9,10 +9,18 @@ from pathlib import Path
 
 import httpx
 import pytest
+from confluent_kafka import Producer
 
-from services.codec import MARKER, REQUEST, codec
+from services.codec import ASSIGNMENT, MARKER, REQUEST, codec
 from tests.kafka_helpers import unique_topics, wait_for
-from tests.pipeline_helpers import outcomes, publish, request_record, start_worker
+from tests.pipeline_helpers import (
+    outcomes,
+    publish,
+    publish_to,
+    request_record,
+    start_follower,
+    start_worker,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -143,3 +151,70 @@ def test_sigterm_drains_commits_and_exits_zero(bootstrap: str, tmp_path: Path) -
         assert rest.terminate() == 0, rest.log()
     assert set(found.result_ids()) == {r["request_id"] for r in records}
     assert max(found.result_ids().values()) == 1
+
+
+def test_high_lane_records_overtake_a_prefetched_normal_backlog(
+    bootstrap: str, tmp_path: Path
+) -> None:
+    """The lane gate sees new high records even while librdkafka's prefetch queue is
+    full of normal ones (its cached end offsets do not move then)."""
+    topics = unique_topics(bootstrap, high_partitions=1, normal_partitions=2, low_partitions=1)
+    normal = [request_record("backlog", i, lane="normal", max_tokens=8) for i in range(3000)]
+    publish_to(bootstrap, topics, normal, [1, 2])
+    worker, _ = start_worker(
+        bootstrap,
+        topics,
+        tmp_path,
+        "gate",
+        "0-2",
+        SIMULATED__STEP_S="0.02",
+        SIMULATED__MAX_NUM_SEQS="8",
+    )
+    try:
+        wait_for(lambda: outcomes(bootstrap, topics, 0, timeout_s=0).total >= 100, 60)
+        urgent = [request_record("urgent", i, lane="high", max_tokens=8) for i in range(100)]
+        publish_to(bootstrap, topics, urgent, [0])
+
+        def urgent_done() -> int | None:
+            found = outcomes(bootstrap, topics, 0, timeout_s=0)
+            if sum(r["job_id"] == "urgent" for r in found.results) < len(urgent):
+                return None
+            return sum(r["job_id"] == "backlog" for r in found.results)
+
+        backlog_done = wait_for(urgent_done, 120, "the high records")
+    finally:
+        assert worker.terminate() == 0, worker.log()
+    # Without the gate seeing them they would finish after the normal backlog.
+    assert backlog_done < len(normal) - 1000, backlog_done
+
+
+def test_a_partition_released_and_taken_back_flows_again(bootstrap: str, tmp_path: Path) -> None:
+    """librdkafka keeps a pause across unassign/assign; releasing pauses a partition."""
+    topics = unique_topics(bootstrap, high_partitions=1, normal_partitions=1, low_partitions=1)
+    worker, _ = start_follower(bootstrap, topics, tmp_path, "back", "dedicated", 3)
+    producer = Producer({"bootstrap.servers": bootstrap})
+
+    def assign(generation: int, partitions: list[int]) -> None:
+        record = {
+            "worker_id": "back",
+            "generation": generation,
+            "partitions": partitions,
+            "assigned_at_ms": int(time.time() * 1000),
+        }
+        producer.produce(topics.assignments, codec(ASSIGNMENT).encode(record), key=b"back")
+        assert producer.flush(10) == 0
+
+    try:
+        first = [request_record("back", i, max_tokens=4) for i in range(50)]
+        publish_to(bootstrap, topics, first, [1])
+        assign(1, [1])
+        wait_for(lambda: outcomes(bootstrap, topics, 0, timeout_s=0).total >= 50, 60)
+        assign(2, [])
+        wait_for(lambda: "partition released" in worker.log(), 30, "the release")
+        second = [request_record("back", i, max_tokens=4) for i in range(50, 100)]
+        publish_to(bootstrap, topics, second, [1])
+        assign(3, [1])
+        found = outcomes(bootstrap, topics, expect=100, timeout_s=60)
+    finally:
+        assert worker.terminate() == 0, worker.log()
+    assert found.total == 100, f"{100 - found.total} records never consumed after the take-back"
