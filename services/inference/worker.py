@@ -14,12 +14,11 @@ Design notes:
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from services.codec import REQUEST, codec
 from services.errors import (
@@ -54,7 +53,6 @@ log = get_logger("worker")
 
 EXIT_ENGINE_DEAD = 3
 EXIT_TRANSACTION_HUNG = 4
-LANE_PROBE_S = 0.5
 
 
 @dataclass(eq=False)
@@ -89,8 +87,6 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight = 0
         self._paused: set[int] = set()
-        self._ends: dict[int, int] = {}  # end offsets of owned partitions, for the lane gate
-        self._ends_at = 0.0
         self._slot_freed = asyncio.Event()
         self._commit_wanted = asyncio.Event()
         self._runner = RequestRunner(
@@ -162,7 +158,6 @@ class Worker:
         consumer = self._require_consumer()
         flow = self._flow(stopping)
         releasing = {p for p, owned in self.owned.items() if owned.releasing}
-        await self._refresh_ends()
         self._set_paused(paused_partitions(flow, set(self.owned), releasing, self._gated()))
         budget = room(flow)
         if budget == 0 or not self.owned:
@@ -410,35 +405,13 @@ class Worker:
             consumer.resume([TopicPartition(self.topic, p) for p in to_resume])
         self._paused = wanted & set(self.owned)
 
-    async def _refresh_ends(self) -> None:
-        """Ask the broker for end offsets, at most every LANE_PROBE_S.
-
-        librdkafka's cached watermarks only move with fetch responses, and it stops
-        fetching while its prefetch queue is full of lower-lane records, so a high
-        lane's new records stayed invisible to the gate (seen: 77 s queue waits).
-        """
-        now = time.monotonic()
-        if len(self.owned) < 2 or now - self._ends_at < LANE_PROBE_S:
-            return
-        self._ends_at = now
-        consumer = self._require_consumer()
-        owned = list(self.owned)
-
-        def ends() -> dict[int, int]:
-            return {
-                p: consumer.get_watermark_offsets(
-                    TopicPartition(self.topic, p), timeout=5, cached=False
-                )[1]
-                for p in owned
-            }
-
-        try:
-            self._ends = await asyncio.to_thread(ends)
-        except KafkaException as exc:
-            log.warning("end offsets unavailable; lane gate uses the last known", error=str(exc))
-
     def _gated(self) -> set[int]:
-        """Lower-lane partitions held back while a higher lane has records waiting."""
+        """Lower-lane partitions held back while a higher lane has records waiting.
+
+        Backlog is measured from the worker's own next offset: the consumer's
+        position() is invalid for a partition nothing was taken from yet, which hid
+        a fresh high lane's records from the gate (seen: 77 s queue waits).
+        """
         if len(self.owned) < 2:
             return set()
         consumer = self._require_consumer()
@@ -446,8 +419,7 @@ class Worker:
         backlog: dict[int, int | None] = {}
         for partition, part in self.owned.items():
             tp = TopicPartition(self.topic, partition)
-            _, cached_high = consumer.get_watermark_offsets(tp, cached=True)
-            high = max(cached_high, self._ends.get(partition, -1))
+            _, high = consumer.get_watermark_offsets(tp, cached=True)
             backlog[partition] = max(0, high - part.next_offset) if high >= 0 else None
         return lane_gate(lanes, backlog)
 
