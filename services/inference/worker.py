@@ -14,11 +14,12 @@ Design notes:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
 from services.codec import REQUEST, codec
 from services.errors import (
@@ -53,6 +54,7 @@ log = get_logger("worker")
 
 EXIT_ENGINE_DEAD = 3
 EXIT_TRANSACTION_HUNG = 4
+LANE_PROBE_S = 0.5
 
 
 @dataclass(eq=False)
@@ -87,6 +89,8 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight = 0
         self._paused: set[int] = set()
+        self._ends: dict[int, int] = {}  # end offsets of owned partitions, for the lane gate
+        self._ends_at = 0.0
         self._slot_freed = asyncio.Event()
         self._commit_wanted = asyncio.Event()
         self._runner = RequestRunner(
@@ -158,6 +162,7 @@ class Worker:
         consumer = self._require_consumer()
         flow = self._flow(stopping)
         releasing = {p for p, owned in self.owned.items() if owned.releasing}
+        await self._refresh_ends()
         self._set_paused(paused_partitions(flow, set(self.owned), releasing, self._gated()))
         budget = room(flow)
         if budget == 0 or not self.owned:
@@ -405,6 +410,33 @@ class Worker:
             consumer.resume([TopicPartition(self.topic, p) for p in to_resume])
         self._paused = wanted & set(self.owned)
 
+    async def _refresh_ends(self) -> None:
+        """Ask the broker for end offsets, at most every LANE_PROBE_S.
+
+        librdkafka fetches no partition while its prefetch queue is full (of lower
+        lane records, under a large backlog), and its cached end offsets move only
+        with fetches: a high lane's new records stayed invisible to the gate.
+        """
+        now = time.monotonic()
+        if len(self.owned) < 2 or now - self._ends_at < LANE_PROBE_S:
+            return
+        self._ends_at = now
+        consumer = self._require_consumer()
+        owned = list(self.owned)
+
+        def ends() -> dict[int, int]:
+            return {
+                p: consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, p), timeout=5, cached=False
+                )[1]
+                for p in owned
+            }
+
+        try:
+            self._ends = await asyncio.to_thread(ends)
+        except KafkaException as exc:
+            log.warning("end offsets unavailable; lane gate uses the last known", error=str(exc))
+
     def _gated(self) -> set[int]:
         """Lower-lane partitions held back while a higher lane has records waiting.
 
@@ -419,7 +451,8 @@ class Worker:
         backlog: dict[int, int | None] = {}
         for partition, part in self.owned.items():
             tp = TopicPartition(self.topic, partition)
-            _, high = consumer.get_watermark_offsets(tp, cached=True)
+            _, cached_high = consumer.get_watermark_offsets(tp, cached=True)
+            high = max(cached_high, self._ends.get(partition, -1))
             backlog[partition] = max(0, high - part.next_offset) if high >= 0 else None
         return lane_gate(lanes, backlog)
 

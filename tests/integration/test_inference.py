@@ -157,7 +157,8 @@ def test_high_lane_records_overtake_a_prefetched_normal_backlog(
     bootstrap: str, tmp_path: Path
 ) -> None:
     """The lane gate sees new high records even while librdkafka's prefetch queue is
-    full of normal ones (its cached end offsets do not move then)."""
+    full of normal ones: no partition is fetched then, so cached end offsets stand
+    still (a 64 KiB queue here stands in for 16 MiB under a 100K-record backlog)."""
     topics = unique_topics(bootstrap, high_partitions=1, normal_partitions=2, low_partitions=1)
     normal = [request_record("backlog", i, lane="normal", max_tokens=8) for i in range(3000)]
     publish_to(bootstrap, topics, normal, [1, 2])
@@ -169,6 +170,7 @@ def test_high_lane_records_overtake_a_prefetched_normal_backlog(
         "0-2",
         SIMULATED__STEP_S="0.02",
         SIMULATED__MAX_NUM_SEQS="8",
+        QUEUED_MAX_KBYTES="64",
     )
     try:
         wait_for(lambda: outcomes(bootstrap, topics, 0, timeout_s=0).total >= 100, 60)
