@@ -48,6 +48,7 @@ from tests.pipeline_helpers import (
     shared_env,
     start_follower,
     start_scheduler,
+    submit_batch,
 )
 from tests.processes import ServiceProcess
 
@@ -133,26 +134,6 @@ def batch_file(n: int, lane: str, rng: random.Random) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def submit(client: httpx.Client, content: bytes, lane: str) -> str:
-    uploaded = client.post(
-        "/v1/files",
-        data={"purpose": "batch"},
-        files={"file": (f"{lane}.jsonl", content, "application/jsonl")},
-    )
-    uploaded.raise_for_status()
-    created = client.post(
-        "/v1/batches",
-        json={
-            "input_file_id": uploaded.json()["id"],
-            "endpoint": "/v1/chat/completions",
-            "completion_window": "24h",
-            "priority": lane,
-        },
-    )
-    created.raise_for_status()
-    return str(created.json()["id"])
-
-
 def big_job(broker: local_broker.BrokerLayout, total: int) -> dict[str, Any]:
     bootstrap = broker.bootstrap
     topics = unique_topics(bootstrap, high_partitions=2, normal_partitions=4, low_partitions=2)
@@ -191,7 +172,10 @@ def big_job(broker: local_broker.BrokerLayout, total: int) -> dict[str, Any]:
         ):
             started = time.monotonic()
             # Low first: the high batch must overtake a backlog already there.
-            batches = {lane: submit(client, files[lane], lane) for lane in reversed(SHARES)}
+            batches = {
+                lane: submit_batch(client, files[lane], f"{lane}.jsonl", lane)
+                for lane in reversed(SHARES)
+            }
             submitted_s = time.monotonic() - started
             finals = {
                 lane: wait_for(partial(_finished, client, b), 3600, f"{lane} batch", interval_s=2)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 from confluent_kafka import Producer
 
 from services.codec import DEAD_LETTER, REQUEST, RESULT, codec
@@ -48,6 +49,27 @@ def batch_line(custom_id: str, model: str = "kbatch-sim", max_tokens: int = 8) -
             },
         }
     )
+
+
+def submit_batch(client: httpx.Client, content: bytes, filename: str, priority: str) -> str:
+    """Upload a JSONL file through the Files API and create a batch of it; its id."""
+    uploaded = client.post(
+        "/v1/files",
+        data={"purpose": "batch"},
+        files={"file": (filename, content, "application/jsonl")},
+    )
+    uploaded.raise_for_status()
+    created = client.post(
+        "/v1/batches",
+        json={
+            "input_file_id": uploaded.json()["id"],
+            "endpoint": "/v1/chat/completions",
+            "completion_window": "24h",
+            "priority": priority,
+        },
+    )
+    created.raise_for_status()
+    return str(created.json()["id"])
 
 
 def publish(

@@ -26,7 +26,7 @@ import httpx
 from services.kafka import local_broker
 from tests.chaos.rig import HEARTBEAT_TIMEOUT_S, ChaosRig
 from tests.kafka_helpers import free_port, wait_for
-from tests.pipeline_helpers import batch_line
+from tests.pipeline_helpers import batch_line, submit_batch
 from tests.processes import ServiceProcess
 
 
@@ -194,23 +194,8 @@ def _slow_multipart(content: bytes, halfway: Callable[[], None]) -> Iterator[byt
 
 def _run_batch_whole(url: str, body: bytes, lines: int) -> None:
     with httpx.Client(base_url=url, timeout=30) as client:
-        uploaded = client.post(
-            "/v1/files",
-            data={"purpose": "batch"},
-            files={"file": ("whole.jsonl", body, "application/jsonl")},
-        )
-        uploaded.raise_for_status()
-        created = client.post(
-            "/v1/batches",
-            json={
-                "input_file_id": uploaded.json()["id"],
-                "endpoint": "/v1/chat/completions",
-                "completion_window": "24h",
-                "priority": "high",  # the rig keeps the high lane free of its own job
-            },
-        )
-        created.raise_for_status()
-        batch_id = created.json()["id"]
+        # High: the rig keeps the high lane free of its own job.
+        batch_id = submit_batch(client, body, "whole.jsonl", "high")
         batch = wait_for(
             lambda: (
                 (b := client.get(f"/v1/batches/{batch_id}").json())["status"]
