@@ -13,6 +13,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from services.errors import DeliveryError, KafkaUnavailableError
 from services.inference.outputs import OutRecord
+from services.inference.transactions import produce_record
 
 
 class PartitionAtLeastOnce:
@@ -34,14 +35,7 @@ class PartitionAtLeastOnce:
         if producer is None:
             raise RuntimeError("at-least-once committer used before open()")
         for record in records:
-            while True:
-                try:
-                    producer.produce(
-                        record.topic, record.value, key=record.key, headers=record.headers
-                    )
-                    break
-                except BufferError:
-                    producer.poll(0.05)
+            produce_record(producer, record)
         if producer.flush(self._timeout_s):
             raise DeliveryError("outputs not acknowledged; the offset stays uncommitted")
         try:

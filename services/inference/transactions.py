@@ -24,6 +24,16 @@ _FENCED = {
 }
 
 
+def produce_record(producer: Producer, record: OutRecord) -> None:
+    """Hand one output to librdkafka, serving delivery callbacks while its queue is full."""
+    while True:
+        try:
+            producer.produce(record.topic, record.value, key=record.key, headers=record.headers)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
 def transactional_id(prefix: str, topic: str, partition: int) -> str:
     return f"{prefix}.inference.{topic}.{partition}"
 
@@ -51,7 +61,7 @@ class PartitionTransactions:
         try:
             producer.begin_transaction()
             for record in records:
-                self._produce(producer, record)
+                produce_record(producer, record)
             producer.send_offsets_to_transaction([offset], group_metadata, self._timeout_s)
             producer.commit_transaction(self._timeout_s)
         except KafkaException as exc:
@@ -85,15 +95,6 @@ class PartitionTransactions:
         if self._producer is None:
             raise RuntimeError(f"{self.txn_id}: transactions used before open()")
         return self._producer
-
-    @staticmethod
-    def _produce(producer: Producer, record: OutRecord) -> None:
-        while True:
-            try:
-                producer.produce(record.topic, record.value, key=record.key, headers=record.headers)
-                return
-            except BufferError:
-                producer.poll(0.05)
 
     def _translate(self, exc: KafkaException) -> Exception:
         error: KafkaError = exc.args[0]

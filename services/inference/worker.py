@@ -44,6 +44,7 @@ from services.inference.progress import PartitionProgress
 from services.inference.runner import RequestRunner, RunnerConfig
 from services.inference.settings import InferenceSettings
 from services.inference.transactions import PartitionTransactions, transactional_id
+from services.kafka.lag import end_offsets
 from services.kafka.stats import stats_config
 from services.lifecycle import exit_now, wait_event
 from services.logs import get_logger
@@ -299,9 +300,8 @@ class Worker:
         exits for its supervisor; the partition's next owner fences and aborts the
         open transaction, and nothing uncommitted was published.
         """
-        call = asyncio.ensure_future(commit)
         try:
-            await asyncio.wait_for(asyncio.shield(call), self.options.commit_stall_s)
+            await asyncio.wait_for(asyncio.shield(commit), self.options.commit_stall_s)
         except TimeoutError:
             log.error(
                 "transaction call hung past its timeouts; exiting for a restart",
@@ -426,19 +426,11 @@ class Worker:
             if len(owned) < 2 or stop.is_set():
                 continue
             try:
-                self._ends = await asyncio.to_thread(self._end_offsets, consumer, owned)
+                self._ends = await asyncio.to_thread(end_offsets, consumer, self.topic, owned, 5)
             except KafkaException as exc:
                 log.warning(
                     "end offsets unavailable; lane gate uses the last known", error=str(exc)
                 )
-
-    def _end_offsets(self, consumer: Consumer, partitions: list[int]) -> dict[int, int]:
-        return {
-            p: consumer.get_watermark_offsets(
-                TopicPartition(self.topic, p), timeout=5, cached=False
-            )[1]
-            for p in partitions
-        }
 
     def _gated(self) -> set[int]:
         """Lower-lane partitions held back while a higher lane has records waiting.

@@ -13,6 +13,18 @@ from services.logs import get_logger
 log = get_logger("lag")
 
 
+def end_offsets(
+    consumer: Consumer, topic: str, partitions: list[int], timeout_s: float = 10
+) -> dict[int, int]:
+    """Each partition's end offset, asked of the broker (never librdkafka's cache)."""
+    return {
+        p: consumer.get_watermark_offsets(
+            TopicPartition(topic, p), timeout=timeout_s, cached=False
+        )[1]
+        for p in partitions
+    }
+
+
 def partition_backlog(
     consumer: Consumer, topic: str, partitions: int, timeout_s: float = 10
 ) -> dict[int, int]:

@@ -13,11 +13,11 @@ import time
 from typing import Any
 
 import faust
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException
 
 from services.codec import HEARTBEAT, JOB, codec
 from services.errors import DecodeError, KbatchError
-from services.kafka.lag import partition_backlog
+from services.kafka.lag import end_offsets, partition_backlog
 from services.kafka.producer import AsyncProducer
 from services.lifecycle import exit_now, wait_event
 from services.logs import get_logger
@@ -75,8 +75,7 @@ class SchedulerService:
             self.options.heartbeat_timeout_s,
         )
         self._backlog_consumer: Consumer | None = None
-        # (topic, partition) -> offset of the last record an agent took (stall watchdog)
-        self._positions: dict[tuple[str, int], int] = {}
+        self._heartbeat_position = -1  # of the last heartbeat taken (stall watchdog)
         self._wire()
 
     def _wire(self) -> None:
@@ -105,7 +104,7 @@ class SchedulerService:
     # -- agents ---------------------------------------------------------------
     async def _heartbeats(self, stream: Any) -> None:
         async for event in stream.events():
-            self._positions[(event.message.topic, event.message.partition)] = event.message.offset
+            self._heartbeat_position = event.message.offset
             beat = _decode(HEARTBEAT, event.value, "heartbeats")
             if beat is None:
                 continue
@@ -148,49 +147,34 @@ class SchedulerService:
             await wait_event(self.core.wake, self.options.assign_interval_s)
 
     async def _stall_watchdog(self) -> None:
-        """Exit when faust stops consuming records that are there to consume.
+        """Exit when faust stops consuming heartbeats that are there to consume.
 
         After a broker restart under load faust-streaming 0.15 stopped fetching for
         good in the chaos test, freezing the worker table (and so every assignment)
         while the process looked alive.
         Its state is in changelog tables and the assignments topic, so the cheap,
-        proven way back is a restart by the supervisor: exit code 3. A partition
-        whose end offset grew while the agent's position stood still for the whole
-        limit is the sign (growth, not the gap: transaction markers hold offsets
-        no message carries).
+        proven way back is a restart by the supervisor: exit code 3. The heartbeats
+        topic's end offset growing while the agent's position stood still for the
+        whole limit is the sign.
         """
         limit_s = 3 * self.options.session_timeout_s + 30
-        seen: dict[tuple[str, int], tuple[int, int, float]] = {}
+        topic = self.settings.topics.heartbeats
+        seen: tuple[int, int, float] | None = None  # position, end offset, since
         while True:
             await asyncio.sleep(5)
             try:
-                ends = await asyncio.to_thread(self._watched_ends)
+                consumer = self._backlog_consumer_or_new()
+                [end] = (await asyncio.to_thread(end_offsets, consumer, topic, [0])).values()
             except KafkaException as exc:
                 log.warning("watchdog cannot read end offsets", error=str(exc))
                 continue
             now = time.monotonic()
-            for tp, end in ends.items():
-                position = self._positions.get(tp, -1)
-                before = seen.get(tp)
-                if before is None or position != before[0]:
-                    seen[tp] = (position, end, now)
-                elif end > before[1] and now - before[2] > limit_s:
-                    log.error(
-                        "faust stopped consuming; exiting for a restart",
-                        topic=tp[0],
-                        partition=tp[1],
-                    )
-                    exit_now(EXIT_STALLED)
-
-    def _watched_ends(self) -> dict[tuple[str, int], int]:
-        consumer = self._backlog_consumer_or_new()
-        topics = self.settings.topics
-        ends = {}
-        for topic, partition in [(topics.heartbeats, 0)]:
-            tp = TopicPartition(topic, partition)
-            _, high = consumer.get_watermark_offsets(tp, timeout=10, cached=False)
-            ends[(topic, partition)] = int(high)
-        return ends
+            position = self._heartbeat_position
+            if seen is None or position != seen[0]:
+                seen = (position, end, now)
+            elif end > seen[1] and now - seen[2] > limit_s:
+                log.error("faust stopped consuming heartbeats; exiting for a restart")
+                exit_now(EXIT_STALLED)
 
     async def _one_pass(self) -> None:
         try:

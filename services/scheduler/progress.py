@@ -46,7 +46,6 @@ class JobProgress:
         }
         self.tallies: dict[tuple[str, int], PartitionTally] = {}
         self._dirty: set[tuple[str, int]] = set()
-        self.loaded = False
 
     # -- reading, for the views ------------------------------------------------
     def counts(self, job_id: str) -> tuple[list[JobCount], list[JobCount]]:
@@ -73,7 +72,6 @@ class JobProgress:
         for topic, partitions in self._sources.items():
             for p in partitions:
                 self.tallies[(topic, p)] = checkpoints.get(tally_key(topic, p), PartitionTally())
-        self.loaded = True
         log.info("job progress restored", partitions=len(self.tallies), jobs=len(self.job_ids()))
         consumer = Consumer(
             {
