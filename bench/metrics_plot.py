@@ -23,8 +23,12 @@ from bench.common import OUT, ROOT, broker, machine
 from services.observability.catalog import DASHBOARDS
 from services.resources import data_dir
 from tests.kafka_helpers import free_port, unique_topics, wait_for
-from tests.pipeline_helpers import shared_env, start_follower, start_scheduler
-from tests.processes import ServiceProcess
+from tests.pipeline_helpers import (
+    ingest_env,
+    start_follower,
+    start_ingest_process,
+    start_scheduler,
+)
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after use(): the backend must be chosen first
@@ -96,19 +100,8 @@ def main() -> None:
             start_follower(bootstrap, topics, OUT, name, pool, 6, **sim)
             for name, pool in (("plot-a", "dedicated"), ("plot-b", "spot"))
         ]
-        port = free_port()
-        ingest = ServiceProcess(
-            ["ingest"],
-            {
-                **shared_env(bootstrap, topics),
-                "KBATCH_INGEST__HTTP_PORT": str(port),
-                "KBATCH_INGEST__FILE_DIR": str(OUT / "plot-files"),
-                "KBATCH_INGEST__SCHEDULER_URL": scheduler_url,
-            },
-            OUT / "plot-ingest.log",
-        )
-        ingest_url = f"http://127.0.0.1:{port}"
-        ingest.wait_healthy(f"{ingest_url}/healthz")
+        env = ingest_env(bootstrap, topics, OUT / "plot-files", scheduler_url)
+        ingest, ingest_url = start_ingest_process(env, OUT / "plot-ingest.log")
         targets = {"kbatch-ingest": ingest_url, "kbatch-scheduler": scheduler_url}
         targets.update({f"kbatch-inference-{i}": url for i, (_, url) in enumerate(workers)})
         prometheus, prom_url = start_prometheus(targets)

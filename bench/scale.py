@@ -40,17 +40,17 @@ from services.kafka.compacted import read_to_end
 from services.kafka.lag import partition_backlog
 from services.settings import TopicSettings
 from tests.chaos.rig import own_broker
-from tests.kafka_helpers import free_port, unique_topics, wait_for
+from tests.kafka_helpers import unique_topics, wait_for
 from tests.pipeline_helpers import (
+    ingest_env,
     outcomes,
     publish,
     request_record,
-    shared_env,
     start_follower,
+    start_ingest_process,
     start_scheduler,
     submit_batch,
 )
-from tests.processes import ServiceProcess
 
 SIM = SimulatedEngineOptions(step_s=0.005, max_num_seqs=32, tokens_per_step=1)
 ENGINE = {
@@ -146,20 +146,10 @@ def big_job(broker: local_broker.BrokerLayout, total: int) -> dict[str, Any]:
         start_follower(bootstrap, topics, OUT, f"scale-w{i}", "dedicated", 8, **ENGINE)[0]
         for i in range(WORKERS)
     ]
-    port = free_port()
-    ingest = ServiceProcess(
-        ["ingest"],
-        {
-            **shared_env(bootstrap, topics),
-            "KBATCH_INGEST__HTTP_PORT": str(port),
-            "KBATCH_INGEST__FILE_DIR": str(OUT / "scale-files"),
-            "KBATCH_INGEST__SCHEDULER_URL": scheduler_url,
-            "KBATCH_LOG_LEVEL": "WARNING",
-        },
-        OUT / "scale-ingest.log",
+    env = ingest_env(
+        bootstrap, topics, OUT / "scale-files", scheduler_url, KBATCH_LOG_LEVEL="WARNING"
     )
-    url = f"http://127.0.0.1:{port}"
-    ingest.wait_healthy(f"{url}/healthz")
+    ingest, url = start_ingest_process(env, OUT / "scale-ingest.log")
     pid = local_broker.running_pid(broker)
     assert pid is not None
     pids = {"kafka": pid, "ingest": ingest.process.pid, "scheduler": scheduler.process.pid}

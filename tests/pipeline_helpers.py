@@ -145,6 +145,32 @@ def shared_env(bootstrap: str, topics: TopicSettings) -> dict[str, str]:
     }
 
 
+def ingest_env(
+    bootstrap: str,
+    topics: TopicSettings,
+    file_dir: Path,
+    scheduler_url: str,
+    **extra: str,
+) -> dict[str, str]:
+    """An ingest (with its collector) of one deployment, on a free port; `extra` are
+    further environment variables, by full name."""
+    return {
+        **shared_env(bootstrap, topics),
+        "KBATCH_INGEST__HTTP_PORT": str(free_port()),
+        "KBATCH_INGEST__FILE_DIR": str(file_dir),
+        "KBATCH_INGEST__SCHEDULER_URL": scheduler_url,
+        **extra,
+    }
+
+
+def start_ingest_process(env: dict[str, str], log_path: Path) -> tuple[ServiceProcess, str]:
+    """`kbatch ingest` with `env` (from `ingest_env`), once healthy; and its URL."""
+    process = ServiceProcess(["ingest"], env, log_path)
+    url = f"http://127.0.0.1:{env['KBATCH_INGEST__HTTP_PORT']}"
+    process.wait_healthy(f"{url}/healthz")
+    return process, url
+
+
 def start_scheduler(
     bootstrap: str, topics: TopicSettings, log_dir: Path, name: str = "scheduler", **options: str
 ) -> tuple[ServiceProcess, str]:

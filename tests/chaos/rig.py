@@ -28,7 +28,6 @@ from tests.pipeline_helpers import (
     outcomes,
     publish_to,
     request_record,
-    shared_env,
     start_follower,
     start_scheduler,
 )
@@ -230,6 +229,3 @@ class ChaosRig:
             dead_letters=len(found.dead),
             counted=self.job_count(),
         )
-
-    def env(self) -> dict[str, str]:
-        return shared_env(self.bootstrap, self.topics)

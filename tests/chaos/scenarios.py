@@ -19,15 +19,13 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import httpx
 
 from services.kafka import local_broker
 from tests.chaos.rig import HEARTBEAT_TIMEOUT_S, ChaosRig
-from tests.kafka_helpers import free_port, wait_for
-from tests.pipeline_helpers import batch_line, submit_batch
-from tests.processes import ServiceProcess
+from tests.kafka_helpers import wait_for
+from tests.pipeline_helpers import batch_line, ingest_env, start_ingest_process, submit_batch
 
 
 def _holder(rig: ChaosRig) -> tuple[str, set[int]]:
@@ -118,16 +116,10 @@ def restart_broker(rig: ChaosRig) -> float:
 
 def kill_ingest_mid_upload(rig: ChaosRig, lines: int = 300) -> float:
     """No file object and nothing published from a cut upload; the repeat runs whole."""
-    port = free_port()
-    files = rig.log_dir / f"ingest-files-{port}"
-    env = {
-        **rig.env(),
-        "KBATCH_INGEST__HTTP_PORT": str(port),
-        "KBATCH_INGEST__FILE_DIR": str(files),
-        "KBATCH_INGEST__SCHEDULER_URL": rig.url,
-    }
-    url = f"http://127.0.0.1:{port}"
-    ingest = _start_ingest(env, rig.log_dir / f"ingest-{port}.log", url)
+    files = rig.log_dir / f"ingest-files-{time.monotonic_ns()}"
+    env = ingest_env(rig.bootstrap, rig.topics, files, rig.url)
+    log_name = f"ingest-{env['KBATCH_INGEST__HTTP_PORT']}"
+    ingest, url = start_ingest_process(env, rig.log_dir / f"{log_name}.log")
     body = "".join(batch_line(f"up-{i}") + "\n" for i in range(lines)).encode()
     killed_at: list[float] = []
 
@@ -146,7 +138,7 @@ def kill_ingest_mid_upload(rig: ChaosRig, lines: int = 300) -> float:
         assert killed_at  # the server died mid-request, as intended
     else:
         raise AssertionError(f"the cut upload got an answer: {response.status_code}")
-    ingest = _start_ingest(env, rig.log_dir / f"ingest-{port}-2.log", url)
+    ingest, _ = start_ingest_process(env, rig.log_dir / f"{log_name}-2.log")
     seconds = time.monotonic() - killed_at[0]
     try:
         leftovers = sorted(p.name for p in (files / "files").iterdir())
@@ -168,12 +160,6 @@ SCENARIOS: dict[str, Callable[[ChaosRig], float]] = {
 
 # -- ingest plumbing -------------------------------------------------------------
 _BOUNDARY = "kbatch-chaos-boundary"
-
-
-def _start_ingest(env: dict[str, str], log: Path, url: str) -> ServiceProcess:
-    process = ServiceProcess(["ingest"], env, log)
-    process.wait_healthy(f"{url}/healthz")
-    return process
 
 
 def _slow_multipart(content: bytes, halfway: Callable[[], None]) -> Iterator[bytes]:

@@ -13,8 +13,14 @@ import openai
 import pytest
 
 from services.settings import TopicSettings
-from tests.kafka_helpers import free_port, unique_topics, wait_for
-from tests.pipeline_helpers import batch_line, shared_env, start_follower, start_scheduler
+from tests.kafka_helpers import unique_topics, wait_for
+from tests.pipeline_helpers import (
+    batch_line,
+    ingest_env,
+    start_follower,
+    start_ingest_process,
+    start_scheduler,
+)
 from tests.processes import ServiceProcess
 
 
@@ -27,12 +33,6 @@ class Stack:
     ingest_url: str
 
 
-def start_ingest(env: dict[str, str], log: Path) -> ServiceProcess:
-    process = ServiceProcess(["ingest"], env, log)
-    process.wait_healthy(f"http://127.0.0.1:{env['KBATCH_INGEST__HTTP_PORT']}/healthz")
-    return process
-
-
 @pytest.fixture
 def stack(bootstrap: str, tmp_path: Path) -> Iterator[Stack]:
     topics = unique_topics(bootstrap, high_partitions=1, normal_partitions=2, low_partitions=1)
@@ -40,15 +40,8 @@ def stack(bootstrap: str, tmp_path: Path) -> Iterator[Stack]:
     worker, _ = start_follower(
         bootstrap, topics, tmp_path, "w1", "dedicated", 4, SIMULATED__STEP_S="0.01"
     )
-    port = free_port()
-    env = {
-        **shared_env(bootstrap, topics),
-        "KBATCH_INGEST__HTTP_PORT": str(port),
-        "KBATCH_INGEST__FILE_DIR": str(tmp_path / "files"),
-        "KBATCH_INGEST__SCHEDULER_URL": scheduler_url,
-    }
-    ingest = start_ingest(env, tmp_path / "ingest.log")
-    url = f"http://127.0.0.1:{port}"
+    env = ingest_env(bootstrap, topics, tmp_path / "files", scheduler_url)
+    ingest, url = start_ingest_process(env, tmp_path / "ingest.log")
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
     built = Stack(topics, client, [ingest, worker, scheduler], env, url)
     yield built
@@ -138,7 +131,7 @@ def test_collector_killed_mid_job_resumes_without_duplicates(stack: Stack, tmp_p
     )
     wait_for(lambda: stack.client.batches.retrieve(batch.id).request_counts.completed > 200, 60)
     stack.processes[0].kill()  # ingest, and the collector inside it, die mid-job
-    stack.processes[0] = start_ingest(stack.ingest_env, tmp_path / "ingest-2.log")
+    stack.processes[0] = start_ingest_process(stack.ingest_env, tmp_path / "ingest-2.log")[0]
     done = wait_status(stack.client, batch.id, {"completed"})
     output = jsonl(stack.client, done.output_file_id)
     custom_ids = [line["custom_id"] for line in output]
