@@ -18,9 +18,10 @@ from confluent_kafka import Producer
 
 from bench.common import OUT, broker, machine
 from services.codec import REQUEST, codec
+from services.harness.ports import free_port
 from services.ingest.validation import Limits, RequestContext, parse_line
 from services.lanes import Lane
-from tests.kafka_helpers import free_port, unique_topics
+from tests.kafka_helpers import unique_topics
 from tests.processes import ServiceProcess
 
 

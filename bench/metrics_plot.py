@@ -20,9 +20,10 @@ import matplotlib
 import yaml
 
 from bench.common import OUT, ROOT, broker, machine
+from services.harness.ports import free_port
 from services.observability.catalog import DASHBOARDS
 from services.resources import data_dir
-from tests.kafka_helpers import free_port, unique_topics, wait_for
+from tests.kafka_helpers import unique_topics, wait_for
 from tests.pipeline_helpers import (
     ingest_env,
     start_follower,

@@ -12,8 +12,8 @@ import sys
 import time
 
 from bench.common import OUT, broker, machine
+from services.inference.engines.simulated import ideal_requests_per_s
 from services.inference.settings import SimulatedEngineOptions
-from services.inference.simulated import ideal_requests_per_s
 from tests.kafka_helpers import unique_topics
 from tests.pipeline_helpers import outcomes, publish, request_record, start_worker
 

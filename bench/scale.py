@@ -33,8 +33,8 @@ from confluent_kafka import Consumer, TopicPartition
 from bench.common import OUT, ROOT, machine
 from bench.pipeline import steady_rate
 from services.codec import RESULT, codec
+from services.inference.engines.simulated import ideal_requests_per_s
 from services.inference.settings import SimulatedEngineOptions
-from services.inference.simulated import ideal_requests_per_s
 from services.kafka import local_broker
 from services.kafka.compacted import read_to_end
 from services.kafka.lag import partition_backlog

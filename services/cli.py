@@ -18,7 +18,9 @@ from services.settings import CommonSettings
 app = typer.Typer(help="kbatch: batch LLM inference over Apache Kafka", no_args_is_help=True)
 kafka_app = typer.Typer(help="A local single-node KRaft broker from Maven Central jars")
 topics_app = typer.Typer(help="Create and inspect kbatch's topics")
+model_app = typer.Typer(help="Model files kbatch writes itself (nothing is downloaded)")
 app.add_typer(kafka_app, name="kafka")
+app.add_typer(model_app, name="model")
 app.add_typer(topics_app, name="topics")
 app.add_typer(dlq_app, name="dlq")
 app.command("submit")(client_cli.submit)
@@ -86,6 +88,18 @@ def topics_describe() -> None:
         typer.echo(json.dumps(row))
 
 
+@model_app.command("tiny")
+def model_tiny(
+    path: Path = typer.Argument(..., help="where to write the GGUF file"),
+    seed: int = typer.Option(0, help="the same seed writes the same bytes"),
+) -> None:
+    """Write the tiny random-weight Llama GGUF (real inference, gibberish answers)."""
+    from services.models.tiny import write_tiny_model
+
+    written = write_tiny_model(path, seed)
+    typer.echo(f"wrote {written} ({written.stat().st_size} bytes, seed {seed})")
+
+
 @app.command("ingest")
 def ingest() -> None:
     """Run the ingest HTTP service (settings from KBATCH_* env vars)."""
@@ -96,7 +110,7 @@ def ingest() -> None:
 
 @app.command("inference")
 def inference() -> None:
-    """Run an inference worker (KBATCH_INFERENCE__ENGINE=vllm|simulated is required)."""
+    """Run an inference worker (KBATCH_INFERENCE__ENGINE=vllm|llamacpp|openai|simulated)."""
     from services.inference.main import run
 
     run()

@@ -42,6 +42,10 @@ class TransientEngineError(EngineError):
 
     retryable = True
 
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s  # the server's own Retry-After, when it gave one
+
 
 class EngineOutOfMemoryError(TransientEngineError):
     """The accelerator ran out of memory; retry at a smaller concurrency."""
@@ -49,6 +53,11 @@ class EngineOutOfMemoryError(TransientEngineError):
 
 class InvalidRequestError(EngineError):
     """The request itself can never succeed (bad parameters, prompt too long)."""
+
+
+class ModelNotServedError(InvalidRequestError):
+    """The request asks for a model this worker does not serve; answering with another
+    model would be a lie."""
 
 
 class EngineDeadError(EngineError):

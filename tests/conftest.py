@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from services.harness.ports import free_port
 from services.kafka import local_broker
-from tests.kafka_helpers import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,3 +34,24 @@ def bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield address
     finally:
         local_broker.down(layout)
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    """The tiny random-weight GGUF, written from seed 0 (cached under .kbatch/models)."""
+    from services.models.tiny import ensure_tiny_model
+
+    return ensure_tiny_model(REPO_ROOT / ".kbatch" / "models")
+
+
+LLAMA_SERVER_KEY = "test-server-key"
+
+
+@pytest.fixture(scope="session")
+def llama_server_url(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`python -m llama_cpp.server` serving the tiny model (bearer LLAMA_SERVER_KEY)."""
+    from services.harness.llama_server import llama_server
+
+    log = tmp_path_factory.mktemp("llama-server") / "server.log"
+    with llama_server(tiny_model, log, alias="kbatch-tiny", api_key=LLAMA_SERVER_KEY) as url:
+        yield url

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -13,13 +12,6 @@ from confluent_kafka.admin import AdminClient
 
 from services.kafka.topics import ensure_topics, topic_catalog
 from services.settings import TopicSettings
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def unique_topics(bootstrap: str, **partitions: int) -> TopicSettings:

@@ -14,9 +14,10 @@ import httpx
 from confluent_kafka import Producer
 
 from services.codec import DEAD_LETTER, REQUEST, RESULT, codec
+from services.harness.ports import free_port
 from services.ingest.validation import request_id_for
 from services.settings import TopicSettings
-from tests.kafka_helpers import free_port, read_topic
+from tests.kafka_helpers import read_topic
 from tests.processes import ServiceProcess
 
 

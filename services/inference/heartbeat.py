@@ -23,6 +23,7 @@ def heartbeat_record(
     pool: str,
     capacity: int,
     engine: str,
+    served_models: tuple[str, ...],
     healthy: bool,
     reasons: tuple[str, ...],
     gpu: GpuReport | None,
@@ -48,6 +49,7 @@ def heartbeat_record(
         "generation": generation,
         "owned": sorted(owned),
         "engine": engine,
+        "served_models": list(served_models),
         "sent_at_ms": int(time.time() * 1000),
     }
 

@@ -66,6 +66,7 @@ def _health(worker: Worker, gpu: GpuWatch) -> tuple[bool, dict[str, Any]]:
     return healthy, {
         "worker_id": worker.options.worker_id,
         "engine": worker.engine.name,
+        "served_model": worker.engine.served_model,
         "owned_partitions": sorted(worker.owned),
         "dead": worker.dead_reason,
         "gpu": list(gpu.reasons),
@@ -77,7 +78,9 @@ async def _run(settings: InferenceSettings) -> int:
     stop = asyncio.Event()
     install_stop_signals(stop)
     engine = build_engine(options)
-    log.warning("engine selected", engine=engine.name, model=options.model)
+    log.warning(
+        "engine selected", engine=engine.name, model=options.model, served=engine.served_model
+    )
     worker = Worker(settings, engine)
     gpu = GpuWatch(worker, gpu_required=options.engine == "vllm")
     if not await gpu.check() and options.engine == "vllm":
@@ -124,6 +127,7 @@ def _heartbeat(worker: Worker, gpu: GpuWatch, leaving: bool) -> dict[str, Any]:
         pool=options.pool,
         capacity=options.capacity,
         engine=worker.engine.name,
+        served_models=(worker.engine.served_model,),
         healthy=worker.dead_reason is None and worker.accepting_work,
         reasons=gpu.reasons + ((worker.dead_reason,) if worker.dead_reason else ()),
         gpu=gpu.report,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.codec import DEAD_LETTER, RESULT, codec
-from services.inference.engine import EngineOutput
+from services.inference.engines.base import Engine, EngineOutput
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def result_record(
     topic: str,
     request: dict[str, Any],
     output: EngineOutput,
-    engine: str,
+    engine: Engine,
     worker_id: str,
     origin: Origin,
     queue_wait_s: float,
@@ -67,8 +67,9 @@ def result_record(
             "tenant": request["tenant"],
             "priority": request["priority"],
             "endpoint": request["endpoint"],
-            "model": request["model"],
-            "engine": engine,
+            # What answered, not what was asked for (the runner refuses a mismatch).
+            "model": engine.served_model,
+            "engine": engine.name,
             "worker_id": worker_id,
             "output": {
                 "text": output.text,
@@ -90,14 +91,15 @@ def result_record(
     )
     headers: list[tuple[str, str | bytes | None]] = [
         ("kbatch-job-id", request["job_id"].encode()),
-        ("kbatch-engine", engine.encode()),
+        ("kbatch-engine", engine.name.encode()),
+        ("kbatch-model", engine.served_model.encode()),
     ]
     # Keyed by job so one job's results stay together, in order, on one partition.
     return OutRecord(topic, request["job_id"].encode(), value, headers)
 
 
 def cancelled_record(
-    topic: str, request: dict[str, Any], engine: str, worker_id: str, origin: Origin
+    topic: str, request: dict[str, Any], engine: Engine, worker_id: str, origin: Origin
 ) -> OutRecord:
     """The result of a request whose job was cancelled or expired before it ran."""
     return result_record(

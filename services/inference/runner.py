@@ -7,9 +7,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from services.errors import EngineOutOfMemoryError, InvalidRequestError, TransientEngineError
+from services.errors import (
+    EngineOutOfMemoryError,
+    InvalidRequestError,
+    ModelNotServedError,
+    TransientEngineError,
+)
 from services.inference import metrics
-from services.inference.engine import Engine, EngineOutput, EngineRequest
+from services.inference.engines.base import Engine, EngineOutput, EngineRequest
 from services.inference.outputs import Origin, OutRecord, dead_letter_record, result_record
 from services.inference.retry import engine_retrying
 
@@ -39,6 +44,12 @@ class RequestRunner:
         started = time.monotonic()
         tries = 0
         request = EngineRequest.from_record(record)
+        served = self._engine.served_model
+        if request.model != served:
+            refusal = ModelNotServedError(
+                f"this worker serves {served!r}, not the requested model {request.model!r}"
+            )
+            return [self._dead_letter(origin, record, refusal, "model_not_served", 0)]
         try:
             async for attempt in engine_retrying(
                 config.max_attempts, config.retry_initial_s, config.retry_max_s
@@ -62,7 +73,7 @@ class RequestRunner:
                 config.results_topic,
                 record,
                 output,
-                self._engine.name,
+                self._engine,
                 config.worker_id,
                 origin,
                 queue_wait_s,

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import PurePath
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from services.settings import CommonSettings
 
@@ -49,6 +50,38 @@ class VllmEngineOptions(BaseModel):
     task: Literal["generate", "embed"] = Field("generate", description="generate or embed")
 
 
+class LlamaCppEngineOptions(BaseModel):
+    """Options of the `llamacpp` engine (llama-cpp-python, GGUF models)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    instances: int = Field(
+        1,
+        ge=1,
+        description="model instances, each one sequence at a time (llama-cpp-python decodes "
+        "one sequence per instance); each holds its own weights and KV cache",
+    )
+    n_ctx: int = Field(0, ge=0, description="context length; 0 = the model's own")
+    n_threads: int | None = Field(None, ge=1, description="CPU threads per instance; unset: auto")
+    n_batch: int = Field(512, ge=1, description="prompt tokens evaluated per step")
+    n_gpu_layers: int = Field(0, description="layers offloaded to a GPU; -1 = all")
+    task: Literal["generate", "embed"] = Field("generate", description="generate or embed")
+
+
+class OpenAIEngineOptions(BaseModel):
+    """Options of the `openai` engine: any OpenAI-compatible server behind the worker."""
+
+    model_config = ConfigDict(frozen=True)
+
+    base_url: str = Field(
+        "http://127.0.0.1:8000/v1", description="the server's OpenAI API root (ends in /v1)"
+    )
+    api_key: SecretStr | None = Field(None, description="bearer token for the server")
+    max_concurrency: int = Field(64, ge=1, description="requests outstanding at the server")
+    timeout_s: float = Field(600.0, gt=0, description="one request's limit (a transient error)")
+    connect_timeout_s: float = Field(10.0, gt=0, description="connection limit")
+
+
 class GpuHealthOptions(BaseModel):
     """When a GPU counts as unhealthy (the worker then stops taking work)."""
 
@@ -65,10 +98,20 @@ class InferenceOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    engine: Literal["vllm", "simulated"] | None = Field(
-        None, description="required: vllm or simulated; nothing falls back to another"
+    engine: Literal["vllm", "llamacpp", "openai", "simulated"] | None = Field(
+        None,
+        description="required: vllm, llamacpp, openai or simulated; nothing falls back to another",
     )
-    model: str = Field("kbatch-sim", description="model name (vLLM: path or hub id)")
+    model: str = Field(
+        "kbatch-sim",
+        description="what the engine loads: vllm a path or hub id, llamacpp a GGUF file, "
+        "openai the server's model name, simulated any name",
+    )
+    served_model_name: str | None = Field(
+        None,
+        description="the model name requests must ask for and results carry; unset: the "
+        "GGUF file's stem, else `model`",
+    )
     worker_id: str = Field(default_factory=_default_worker_id, description="unique worker name")
     pool: Literal["dedicated", "spot"] = Field("dedicated", description="capacity pool")
     partitions: str = Field(
@@ -109,7 +152,21 @@ class InferenceOptions(BaseModel):
     heartbeat_interval_s: float = Field(1.0, gt=0, description="heartbeat period")
     simulated: SimulatedEngineOptions = Field(default_factory=SimulatedEngineOptions)
     vllm: VllmEngineOptions = Field(default_factory=VllmEngineOptions)
+    llamacpp: LlamaCppEngineOptions = Field(default_factory=LlamaCppEngineOptions)
+    openai: OpenAIEngineOptions = Field(default_factory=OpenAIEngineOptions)
     gpu: GpuHealthOptions = Field(default_factory=GpuHealthOptions)
+
+    @property
+    def served_model(self) -> str:
+        """The model name this worker answers for (like vLLM's --served-model-name)."""
+        return self.served_model_name or served_name_of(self.model)
+
+
+def served_name_of(model: str) -> str:
+    """'/models/qwen2-0.5b.Q4_K_M.gguf' -> 'qwen2-0.5b.Q4_K_M'; hub ids and names stay."""
+    if model.lower().endswith(".gguf"):
+        return PurePath(model).stem
+    return model
 
 
 class InferenceSettings(CommonSettings):

@@ -31,7 +31,7 @@ from services.errors import (
 )
 from services.inference import metrics
 from services.inference.at_least_once import PartitionAtLeastOnce
-from services.inference.engine import Engine
+from services.inference.engines.base import Engine
 from services.inference.flow import FlowState, lane_gate, paused_partitions, room
 from services.inference.outputs import (
     Origin,
@@ -209,7 +209,7 @@ class Worker:
             cancelled = cancelled_record(
                 self.settings.topics.results,
                 record,
-                self.engine.name,
+                self.engine,
                 self.options.worker_id,
                 origin,
             )

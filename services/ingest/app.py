@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ from services.ingest.batch_api import BatchApi
 from services.ingest.batch_book import BatchBook
 from services.ingest.jobs import JobBook
 from services.ingest.ledger import JobLedger
+from services.ingest.models import ServedModels
 from services.ingest.settings import IngestSettings
 from services.ingest.upload import Publishing, Upload
 from services.ingest.validation import Limits, RequestContext
@@ -63,6 +65,7 @@ class IngestService:
         self.batch_api = BatchApi(
             FileStore(root), self.collector, self.options.scheduler_url, self.options.retry_after_s
         )
+        self.models = ServedModels(self.options.served_models, self.options.scheduler_url)
 
     @asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
@@ -95,20 +98,34 @@ class IngestService:
                 topic=topics.requests,
                 layout=topics.lane_layout(),
                 options=self.options,
-                limits=Limits(frozenset(self.options.served_models), self.options.max_max_tokens),
+                limits=Limits(self.models.names(), self.options.max_max_tokens),
+            )
+            following_models = asyncio.create_task(
+                self.models.follow(self.options.models_refresh_s, self._admit_models)
             )
             self.batch_api.attach(self.publishing, batches, self.jobs)
             await self.batch_api.fail_interrupted()
             if self.options.collector:
                 self.collector.start()
-            log.info("ingest ready", topic=topics.requests, models=list(self.options.served_models))
+            log.info("ingest ready", topic=topics.requests, models=sorted(self.models.names()))
             try:
                 yield
             finally:
+                following_models.cancel()
+                await asyncio.gather(following_models, return_exceptions=True)
                 self.collector.stop()
                 backlog.stop()
                 log.info("ingest stopping: flushing producer")
         # Leaving the producer's context flushed every queued record.
+
+    def _admit_models(self, names: frozenset[str]) -> None:
+        if self.publishing is not None:
+            limits = self.publishing.limits
+            self.publishing.limits = dataclasses.replace(limits, served_models=names)
+
+    async def list_models(self, _request: Request) -> Response:
+        """OpenAI's `GET /v1/models`: what this deployment answers for."""
+        return JSONResponse(self.models.document())
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         if self.publishing is None:
@@ -210,6 +227,7 @@ def create_app(settings: IngestSettings) -> Starlette:
     routes = [
         Route("/v1/jobs/{job_id}/requests", service.upload, methods=["POST"]),
         Route("/v1/jobs/{job_id}/seal", service.seal, methods=["POST"]),
+        Route("/v1/models", service.list_models, methods=["GET"]),
         *service.batch_api.routes(),
         *ops_routes(service.health),
         Route("/openapi.json", openapi_document),

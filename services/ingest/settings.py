@@ -15,7 +15,12 @@ class IngestOptions(BaseModel):
     http_host: str = Field("127.0.0.1", description="address the HTTP server binds")
     http_port: int = Field(8080, description="HTTP port")
     served_models: tuple[str, ...] = Field(
-        ("kbatch-sim",), description="models the deployment serves (JSON list)"
+        ("kbatch-sim",),
+        description="models always admitted (JSON list); models live workers declare are "
+        "added from the scheduler's /workers when scheduler_url is set",
+    )
+    models_refresh_s: float = Field(
+        2.0, gt=0, description="how often the workers' served models are read"
     )
     max_lines_per_job: int = Field(
         500_000, ge=1, description="lines accepted per job (their custom_ids are held in memory)"

@@ -65,9 +65,10 @@ class UploadOutcome:
         return body
 
 
-@dataclass(frozen=True)
+@dataclass
 class Publishing:
-    """The long-lived parts an upload publishes through."""
+    """The long-lived parts an upload publishes through (`limits` is replaced whole when
+    live workers declare other models)."""
 
     producer: AsyncProducer
     backlog: BacklogMonitor

@@ -17,12 +17,13 @@ import httpx
 from confluent_kafka import Consumer, TopicPartition
 
 from services.codec import DEAD_LETTER, RESULT, codec
+from services.harness.ports import free_port
 from services.inference.worker import EXIT_TRANSACTION_HUNG
 from services.kafka import local_broker
 from services.lanes import Lane
 from services.scheduler.app import EXIT_STALLED
 from services.settings import TopicSettings
-from tests.kafka_helpers import free_port, unique_topics, wait_for
+from tests.kafka_helpers import unique_topics, wait_for
 from tests.pipeline_helpers import (
     Outcomes,
     outcomes,

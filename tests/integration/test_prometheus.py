@@ -13,10 +13,11 @@ import httpx
 import pytest
 import yaml
 
+from services.harness.ports import free_port
 from services.inference.gpu import sample_gpus
 from services.observability.catalog import all_exprs, data_exprs
 from services.observability.render import ALERTS_FILE
-from tests.kafka_helpers import free_port, unique_topics, wait_for
+from tests.kafka_helpers import unique_topics, wait_for
 from tests.pipeline_helpers import (
     outcomes,
     publish,

@@ -6,21 +6,21 @@ import time
 import pytest
 
 from services.errors import ConfigurationError, EngineOutOfMemoryError, InvalidRequestError
-from services.inference.engine import EngineRequest
 from services.inference.engines import build_engine
+from services.inference.engines.base import EngineRequest
+from services.inference.engines.openai_params import (
+    chat_messages,
+    is_context_length_error,
+    sampling_kwargs,
+)
+from services.inference.engines.simulated import SimulatedEngine, ideal_requests_per_s
+from services.inference.engines.vllm_mapping import generation_output
 from services.inference.gpu import GpuReport, GpuSample, assess
 from services.inference.settings import (
     GpuHealthOptions,
     InferenceOptions,
     SimulatedEngineOptions,
     parse_partitions,
-)
-from services.inference.simulated import SimulatedEngine, ideal_requests_per_s
-from services.inference.vllm_mapping import (
-    chat_messages,
-    generation_output,
-    is_context_length_error,
-    sampling_kwargs,
 )
 
 

@@ -26,8 +26,8 @@ from services.errors import (
     InvalidRequestError,
     TransientEngineError,
 )
-from services.inference.engine import EngineOutput, EngineRequest
-from services.inference.settings import SimulatedEngineOptions
+from services.inference.engines.base import EngineOutput, EngineRequest
+from services.inference.settings import InferenceOptions, SimulatedEngineOptions
 
 EMBEDDING_DIMENSIONS = 8
 
@@ -92,7 +92,8 @@ class SimulatedEngine:
 
     name = "simulated"
 
-    def __init__(self, options: SimulatedEngineOptions) -> None:
+    def __init__(self, options: SimulatedEngineOptions, served_model: str = "kbatch-sim") -> None:
+        self.served_model = served_model
         self._options = options
         self._concurrency = options.max_num_seqs
         self._active: list[_Sequence] = []
@@ -198,3 +199,7 @@ class SimulatedEngine:
                     else:
                         still_running.append(sequence)
                 self._active = still_running
+
+
+def from_options(options: InferenceOptions) -> SimulatedEngine:
+    return SimulatedEngine(options.simulated, options.served_model)

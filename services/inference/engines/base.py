@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-# The OpenAI body's sampling fields kbatch carries; vLLM's SamplingParams uses the same names.
+# The OpenAI body's sampling fields kbatch carries; vLLM's SamplingParams, llama-cpp-python's
+# create_*_completion and every OpenAI-compatible server use the same names.
 SAMPLING_FIELDS = (
     "max_tokens",
     "temperature",
@@ -29,6 +30,12 @@ class EngineRequest:
     input: list[str] | None = None
     sampling: dict[str, Any] = field(default_factory=dict)
     attempt: int = 0
+    priority: str = "normal"  # the lane: engines that schedule by priority serve high first
+
+    @property
+    def engine_request_id(self) -> str:
+        """The id an engine sees: never reused across retries of the same request."""
+        return f"{self.request_id}:{self.attempt}"
 
     @classmethod
     def from_record(cls, record: dict[str, Any], attempt: int = 0) -> EngineRequest:
@@ -43,6 +50,7 @@ class EngineRequest:
             input=body.get("input"),
             sampling=sampling,
             attempt=attempt,
+            priority=record["priority"],
         )
 
 
@@ -58,9 +66,14 @@ class EngineOutput:
 
 
 class Engine(Protocol):
-    """An inference engine. `generate` raises services.errors.EngineError subclasses."""
+    """An inference engine. `generate` raises services.errors.EngineError subclasses.
 
-    name: str
+    A cancelled `generate` (its job cancelled, its partition released, the worker
+    stopping) must stop the work inside the engine too, not only stop waiting for it.
+    """
+
+    name: str  # the engine kind, written on every result: vllm, llamacpp, openai, simulated
+    served_model: str  # the model name it answers for, written on every result
 
     @property
     def max_concurrency(self) -> int:

@@ -24,15 +24,15 @@ from services.errors import (
     InvalidRequestError,
     TransientEngineError,
 )
-from services.inference.engine import EngineOutput, EngineRequest
-from services.inference.settings import VllmEngineOptions
-from services.inference.vllm_mapping import (
+from services.inference.engines.base import EngineOutput, EngineRequest
+from services.inference.engines.vllm_mapping import (
     chat_messages,
     embedding_output,
     generation_output,
     is_context_length_error,
     sampling_kwargs,
 )
+from services.inference.settings import VllmEngineOptions
 
 
 class VllmEngine:

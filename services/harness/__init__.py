@@ -1,0 +1,1 @@
+"""Real parts started for tests, benchmarks and the demo (no mocks): model servers, models."""

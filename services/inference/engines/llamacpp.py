@@ -1,0 +1,194 @@
+"""The `llamacpp` engine: GGUF models in-process through llama-cpp-python.
+
+llama-cpp-python decodes one sequence at a time per `Llama` instance and is not
+thread-safe, so the engine's concurrency is its number of instances
+(KBATCH_INFERENCE__LLAMACPP__INSTANCES, default 1), each on its own thread and
+each holding its own weights and KV cache. On a CPU host one instance with all
+cores is usually fastest; more instances pay off when a single sequence cannot
+use the machine (small models, many cores).
+
+Chat requests go through `Llama.create_chat_completion` (the model's own chat
+template), completions through `create_completion`, embeddings through
+`create_embedding`: at temperature 0 a request answers exactly what the binding
+itself answers for the same messages and parameters.
+
+The binding has no abort: a request cancelled while it decodes (its job
+cancelled, its partition released) runs to its max_tokens on its thread and its
+output is discarded; its instance takes new work only after that. Imported only when
+KBATCH_INFERENCE__ENGINE=llamacpp (pip install kbatch[llamacpp]).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, cast
+
+import llama_cpp
+
+from services.errors import ConfigurationError, InvalidRequestError, TransientEngineError
+from services.inference.engines.base import EngineOutput, EngineRequest
+from services.inference.engines.openai_params import (
+    chat_messages,
+    is_context_length_error,
+    sampling_kwargs,
+)
+from services.inference.settings import InferenceOptions, LlamaCppEngineOptions
+
+# OpenAI's documented defaults; llama-cpp-python's own (temperature 0.2, top_p 0.95)
+# would answer a line that sets neither differently from every other engine.
+OPENAI_SAMPLING_DEFAULTS = {"temperature": 1.0, "top_p": 1.0}
+_EMBEDDINGS = "/v1/embeddings"
+
+
+def llama_arguments(request: EngineRequest) -> dict[str, Any]:
+    """Keyword arguments for create_chat_completion / create_completion (pure)."""
+    return OPENAI_SAMPLING_DEFAULTS | sampling_kwargs(request)
+
+
+def output_of(response: dict[str, Any], chat: bool) -> EngineOutput:
+    """An OpenAI-shaped response from the binding as an EngineOutput (pure)."""
+    choice = response["choices"][0]
+    usage = response["usage"]
+    text = choice["message"]["content"] if chat else choice["text"]
+    return EngineOutput(
+        prompt_tokens=usage["prompt_tokens"],
+        completion_tokens=usage["completion_tokens"],
+        text=text or "",
+        finish_reason=choice.get("finish_reason"),
+    )
+
+
+class LlamaCppEngine:
+    """A pool of `Llama` instances, one request on each at a time."""
+
+    name = "llamacpp"
+
+    def __init__(self, model_path: str, options: LlamaCppEngineOptions, served_model: str):
+        self.served_model = served_model
+        self._path = model_path
+        self._options = options
+        self._concurrency = options.instances
+        self._idle: asyncio.Queue[llama_cpp.Llama] = asyncio.Queue()
+        self._instances: list[llama_cpp.Llama] = []
+        self._running = 0
+        self._threads = ThreadPoolExecutor(options.instances, thread_name_prefix="llamacpp")
+
+    @property
+    def max_concurrency(self) -> int:
+        return self._concurrency
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    async def start(self) -> None:
+        if not Path(self._path).is_file():
+            raise ConfigurationError(
+                f"KBATCH_INFERENCE__MODEL={self._path!r} is not a GGUF file "
+                "(`kbatch model tiny PATH` writes a small one)"
+            )
+        loop = asyncio.get_running_loop()
+        for _ in range(self._options.instances):
+            instance = await loop.run_in_executor(self._threads, self._load)
+            self._instances.append(instance)
+            self._idle.put_nowait(instance)
+
+    def _load(self) -> llama_cpp.Llama:
+        options = self._options
+        embed = options.task == "embed"
+        try:
+            return llama_cpp.Llama(
+                model_path=self._path,
+                n_ctx=options.n_ctx,
+                n_threads=options.n_threads,
+                n_batch=options.n_batch,
+                n_gpu_layers=options.n_gpu_layers,
+                embedding=embed,
+                # One vector per input, not one per token.
+                pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN if embed else -1,
+                verbose=False,
+            )
+        except ValueError as exc:
+            raise ConfigurationError(f"llama.cpp could not load {self._path}: {exc}") from exc
+
+    def shrink_concurrency(self) -> int:
+        # llama.cpp on a CPU does not run out of accelerator memory mid-request; the
+        # instances were sized at start, so there is nothing to give back.
+        return self._concurrency
+
+    async def close(self) -> None:
+        self._threads.shutdown(wait=True, cancel_futures=True)
+        for instance in self._instances:
+            instance.close()
+        self._instances.clear()
+
+    async def generate(self, request: EngineRequest) -> EngineOutput:
+        self._check_task(request)
+        instance = await self._idle.get()
+        decoding = self._threads.submit(self._run, instance, request)
+        self._running += 1
+        try:
+            return await asyncio.wrap_future(decoding)
+        finally:
+            self._running -= 1
+            self._release_after(decoding, instance)
+
+    def _release_after(self, decoding: Future[EngineOutput], instance: llama_cpp.Llama) -> None:
+        """Back to the pool once its thread has finished with it, never before (a
+        cancelled request's decoding goes on after its awaiting task has gone)."""
+        if decoding.done():
+            self._idle.put_nowait(instance)
+            return
+        loop = asyncio.get_running_loop()
+        decoding.add_done_callback(
+            lambda _: loop.call_soon_threadsafe(self._idle.put_nowait, instance)
+        )
+
+    def _check_task(self, request: EngineRequest) -> None:
+        embedding_worker = self._options.task == "embed"
+        if (request.endpoint == _EMBEDDINGS) != embedding_worker:
+            loaded = "embeddings" if embedding_worker else "generation"
+            raise InvalidRequestError(
+                f"this worker runs {self.served_model} for {loaded}; {request.endpoint} "
+                f"requests need a worker with KBATCH_INFERENCE__LLAMACPP__TASK="
+                f"{'generate' if embedding_worker else 'embed'}"
+            )
+
+    def _run(self, instance: llama_cpp.Llama, request: EngineRequest) -> EngineOutput:
+        try:
+            if request.endpoint == _EMBEDDINGS:
+                return self._embed(instance, request)
+            if request.messages is not None:
+                chat = instance.create_chat_completion(
+                    messages=cast(Any, chat_messages(request)), **llama_arguments(request)
+                )
+                return output_of(cast(dict[str, Any], chat), chat=True)
+            if not request.prompt:
+                raise InvalidRequestError("the prompt is empty")
+            completion = instance.create_completion(request.prompt, **llama_arguments(request))
+            return output_of(cast(dict[str, Any], completion), chat=False)
+        except ValueError as exc:
+            if is_context_length_error(str(exc)):
+                raise InvalidRequestError(str(exc)) from exc
+            raise InvalidRequestError(f"llama.cpp refused the request: {exc}") from exc
+        except RuntimeError as exc:
+            # llama_decode failures (KV cache full, a backend error) are worth a retry.
+            raise TransientEngineError(f"llama.cpp failed: {exc}") from exc
+
+    def _embed(self, instance: llama_cpp.Llama, request: EngineRequest) -> EngineOutput:
+        inputs = request.input or []
+        if len(inputs) != 1 or not inputs[0]:
+            raise InvalidRequestError("the llamacpp engine embeds one non-empty input per line")
+        response = instance.create_embedding(inputs[0])
+        vector = response["data"][0]["embedding"]
+        return EngineOutput(
+            prompt_tokens=response["usage"]["prompt_tokens"],
+            completion_tokens=0,
+            embedding=[float(cast(float, v)) for v in vector],
+        )
+
+
+def from_options(options: InferenceOptions) -> LlamaCppEngine:
+    return LlamaCppEngine(options.model, options.llamacpp, options.served_model)

@@ -1,0 +1,41 @@
+"""Pure mappings between kbatch requests and vLLM's inputs and outputs (no vLLM import)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from services.inference.engines.base import EngineOutput
+
+# vLLM's priority scheduling serves the lowest value first.
+LANE_PRIORITY = {"high": 0, "normal": 1, "low": 2}
+
+
+def vllm_priority(lane: str) -> int:
+    """The `priority=` vLLM's generate/encode take for a request of this lane."""
+    return LANE_PRIORITY.get(lane, LANE_PRIORITY["normal"])
+
+
+def generation_output(
+    prompt_token_ids: Sequence[int] | None,
+    text: str,
+    token_ids: Sequence[int],
+    finish_reason: str | None,
+) -> EngineOutput:
+    """One finished vLLM CompletionOutput as an EngineOutput."""
+    return EngineOutput(
+        prompt_tokens=len(prompt_token_ids or ()),
+        completion_tokens=len(token_ids),
+        text=text,
+        finish_reason=finish_reason,
+    )
+
+
+def embedding_output(
+    prompt_token_ids: Sequence[int] | None, values: Sequence[float]
+) -> EngineOutput:
+    """One pooled vector (task="embed": one per input, not one per token)."""
+    return EngineOutput(
+        prompt_tokens=len(prompt_token_ids or ()),
+        completion_tokens=0,
+        embedding=[float(v) for v in values],
+    )

@@ -1,0 +1,93 @@
+"""The openai engine against a real OpenAI-compatible server: llama_cpp.server on the tiny model."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+import pytest
+from pydantic import SecretStr
+
+from services.errors import EngineDeadError, InvalidRequestError, TransientEngineError
+from services.harness.ports import free_port
+from services.inference.engines.base import EngineRequest
+from services.inference.engines.openai_compat import OpenAICompatEngine
+from services.inference.settings import OpenAIEngineOptions
+from tests.conftest import LLAMA_SERVER_KEY
+
+MESSAGES = [{"role": "user", "content": "Rate candidate 12: Go, Kafka, 5 years."}]
+
+
+def chat(**sampling: Any) -> EngineRequest:
+    return EngineRequest(
+        "r", "/v1/chat/completions", "kbatch-tiny", messages=MESSAGES, sampling=sampling
+    )
+
+
+async def started(base_url: str, key: str | None = LLAMA_SERVER_KEY) -> OpenAICompatEngine:
+    options = OpenAIEngineOptions(
+        base_url=base_url,
+        api_key=SecretStr(key) if key else None,
+        max_concurrency=4,
+        timeout_s=30,
+        connect_timeout_s=2,
+    )
+    engine = OpenAICompatEngine("kbatch-tiny", options, "kbatch-tiny")
+    await engine.start()
+    return engine
+
+
+@pytest.fixture
+async def engine(llama_server_url: str) -> AsyncIterator[OpenAICompatEngine]:
+    engine = await started(llama_server_url)
+    yield engine
+    await engine.close()
+
+
+async def test_greedy_answers_match_the_model_called_directly(
+    engine: OpenAICompatEngine, tiny_model: Path
+) -> None:
+    output = await engine.generate(chat(temperature=0.0, top_p=1.0, max_tokens=12))
+    direct = llama_cpp.Llama(model_path=str(tiny_model), n_ctx=0, verbose=False)
+    expected: Any = direct.create_chat_completion(
+        messages=MESSAGES,  # type: ignore[arg-type]
+        temperature=0.0,
+        top_p=1.0,
+        max_tokens=12,
+    )
+    direct.close()
+    assert output.text == expected["choices"][0]["message"]["content"]
+    assert output.prompt_tokens == expected["usage"]["prompt_tokens"]
+    assert output.completion_tokens == expected["usage"]["completion_tokens"] > 0
+
+
+async def test_a_prompt_past_the_context_is_a_permanent_refusal(
+    engine: OpenAICompatEngine,
+) -> None:
+    too_long = EngineRequest(
+        "l", "/v1/chat/completions", "m", messages=[{"role": "user", "content": "y" * 2000}]
+    )
+    with pytest.raises(InvalidRequestError, match="maximum context length"):
+        await engine.generate(too_long)
+
+
+async def test_wrong_credentials_stop_the_engine_instead_of_failing_every_request(
+    llama_server_url: str,
+) -> None:
+    engine = await started(llama_server_url, key="not-the-key")
+    try:
+        with pytest.raises(EngineDeadError, match="401"):
+            await engine.generate(chat())
+    finally:
+        await engine.close()
+
+
+async def test_an_unreachable_server_is_transient() -> None:
+    engine = await started(f"http://127.0.0.1:{free_port()}/v1")
+    try:
+        with pytest.raises(TransientEngineError, match="unreachable"):
+            await engine.generate(chat())
+    finally:
+        await engine.close()
