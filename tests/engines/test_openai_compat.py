@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import llama_cpp
+import openai
 import pytest
 from pydantic import SecretStr
 
@@ -46,21 +45,23 @@ async def engine(llama_server_url: str) -> AsyncIterator[OpenAICompatEngine]:
     await engine.close()
 
 
-async def test_greedy_answers_match_the_model_called_directly(
-    engine: OpenAICompatEngine, tiny_model: Path
+async def test_greedy_answers_match_the_server_asked_directly(
+    engine: OpenAICompatEngine, llama_server_url: str
 ) -> None:
     output = await engine.generate(chat(temperature=0.0, top_p=1.0, max_tokens=12))
-    direct = llama_cpp.Llama(model_path=str(tiny_model), n_ctx=0, verbose=False)
-    expected: Any = direct.create_chat_completion(
+    server = openai.OpenAI(base_url=llama_server_url, api_key=LLAMA_SERVER_KEY, max_retries=0)
+    expected = server.chat.completions.create(
+        model="kbatch-tiny",
         messages=MESSAGES,  # type: ignore[arg-type]
         temperature=0.0,
         top_p=1.0,
         max_tokens=12,
     )
-    direct.close()
-    assert output.text == expected["choices"][0]["message"]["content"]
-    assert output.prompt_tokens == expected["usage"]["prompt_tokens"]
-    assert output.completion_tokens == expected["usage"]["completion_tokens"] > 0
+    assert expected.usage is not None
+    assert output.text == expected.choices[0].message.content
+    assert output.finish_reason == expected.choices[0].finish_reason
+    assert output.prompt_tokens == expected.usage.prompt_tokens
+    assert output.completion_tokens == expected.usage.completion_tokens > 0
 
 
 async def test_a_prompt_past_the_context_is_a_permanent_refusal(

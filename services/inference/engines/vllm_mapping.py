@@ -39,3 +39,15 @@ def embedding_output(
         completion_tokens=0,
         embedding=[float(v) for v in values],
     )
+
+
+# The finish reasons with which vLLM ends a request that has no answer (its FinishReason):
+# "error" is a request-level internal error vLLM itself calls retryable, "abort" an abort
+# inside vLLM (a paused engine, its own bookkeeping), never one kbatch asked for, since a
+# request kbatch aborts is one whose task was cancelled.
+UNANSWERED_FINISH_REASONS = frozenset({"error", "abort"})
+
+
+def unanswered(finish_reason: str | None) -> bool:
+    """Whether a finished vLLM output is a failure to retry rather than an answer."""
+    return finish_reason in UNANSWERED_FINISH_REASONS
