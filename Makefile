@@ -4,13 +4,24 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint demo kafka-up kafka-down bench-ingest bench-pipeline bench-failover bench-chaos bench-scale clean
+VLLM_VENV  := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
 
+.PHONY: test test-vllm lint demo kafka-up kafka-down bench-ingest bench-pipeline bench-failover bench-chaos bench-scale bench-engines clean
+
+# The dev extra brings llama-cpp-python, built from source once per machine (a few
+# minutes on 2 cores); pip keeps the built wheel in its cache for every later install.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/pip install --quiet -e '.[vllm]' 'pytest>=8.2,<10' 'pytest-asyncio>=0.24,<2' 'pytest-timeout>=2.3,<3'
+	touch $(VLLM_STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check services tests bench
@@ -22,8 +33,14 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest
 
+# Opt-in: the vLLM adapter checked against the vLLM it pins, in its own venv (~10 GB,
+# ~5 min to install the first time); no GPU needed.
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_VENV)/bin/pytest tests/vllm_check
+
+# ENGINE=simulated|llamacpp|vllm|openai chooses; default: vllm with a GPU, else llamacpp.
 demo: $(STAMP)
-	$(BIN)/kbatch demo
+	$(BIN)/kbatch demo $(if $(ENGINE),--engine $(ENGINE))
 
 kafka-up: $(STAMP)
 	$(BIN)/kbatch kafka up
@@ -46,5 +63,8 @@ bench-chaos: $(STAMP)
 bench-scale: $(STAMP)
 	$(BIN)/python -m bench.scale
 
+bench-engines: $(STAMP)
+	$(BIN)/kbatch bench engines --out docs/bench/engines.json
+
 clean:
-	rm -rf $(VENV) .kbatch .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .kbatch .mypy_cache .ruff_cache .pytest_cache

@@ -9,8 +9,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from services.harness.ports import free_port
-from services.kafka import local_broker
+from services.harness.broker import running_broker
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
@@ -18,19 +17,8 @@ OUT = ROOT / "bench" / "out"
 
 @contextmanager
 def broker() -> Iterator[str]:
-    named = os.environ.get("KBATCH_BOOTSTRAP_SERVERS")
-    if named:
-        yield named
-        return
-    port = free_port()
-    layout = local_broker.BrokerLayout(
-        ROOT / ".kbatch" / f"bench-kafka-{port}",
-        port=port,
-        controller_port=free_port(),
-        jar_cache=ROOT / ".kbatch" / "jars",
-    )
-    yield local_broker.up(layout)
-    local_broker.down(layout)
+    with running_broker(ROOT / ".kbatch" / "bench-kafka", ROOT / ".kbatch" / "jars") as address:
+        yield address
 
 
 def machine() -> str:

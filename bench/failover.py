@@ -16,10 +16,10 @@ import time
 import httpx
 
 from bench.common import OUT, broker, machine
+from services.harness.kafka import unique_topics, wait_for
+from services.harness.pipeline import publish, request_record, start_follower, start_scheduler
+from services.harness.processes import ServiceProcess
 from services.scheduler.settings import SchedulerOptions
-from tests.kafka_helpers import unique_topics, wait_for
-from tests.pipeline_helpers import publish, request_record, start_follower, start_scheduler
-from tests.processes import ServiceProcess
 
 SLOW = {"SIMULATED__STEP_S": "0.05", "SIMULATED__MAX_NUM_SEQS": "8"}
 

@@ -18,11 +18,11 @@ from confluent_kafka import Producer
 
 from bench.common import OUT, broker, machine
 from services.codec import REQUEST, codec
+from services.harness.kafka import unique_topics
 from services.harness.ports import free_port
+from services.harness.processes import ServiceProcess
 from services.ingest.validation import Limits, RequestContext, parse_line
 from services.lanes import Lane
-from tests.kafka_helpers import unique_topics
-from tests.processes import ServiceProcess
 
 
 def batch_lines(n: int) -> list[bytes]:

@@ -20,16 +20,16 @@ import matplotlib
 import yaml
 
 from bench.common import OUT, ROOT, broker, machine
-from services.harness.ports import free_port
-from services.observability.catalog import DASHBOARDS
-from services.resources import data_dir
-from tests.kafka_helpers import unique_topics, wait_for
-from tests.pipeline_helpers import (
+from services.harness.kafka import unique_topics, wait_for
+from services.harness.pipeline import (
     ingest_env,
     start_follower,
     start_ingest_process,
     start_scheduler,
 )
+from services.harness.ports import free_port
+from services.observability.catalog import DASHBOARDS
+from services.resources import data_dir
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after use(): the backend must be chosen first

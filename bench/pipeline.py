@@ -12,18 +12,11 @@ import sys
 import time
 
 from bench.common import OUT, broker, machine
+from services.bench.measure import steady_rate
+from services.harness.kafka import unique_topics
+from services.harness.pipeline import outcomes, publish, request_record, start_worker
 from services.inference.engines.simulated import ideal_requests_per_s
 from services.inference.settings import SimulatedEngineOptions
-from tests.kafka_helpers import unique_topics
-from tests.pipeline_helpers import outcomes, publish, request_record, start_worker
-
-
-def steady_rate(completed_ms: list[int]) -> float:
-    completed_ms.sort()
-    first, last = completed_ms[0], completed_ms[-1]
-    low, high = first + 0.1 * (last - first), first + 0.9 * (last - first)
-    inside = sum(1 for t in completed_ms if low <= t <= high)
-    return inside / ((high - low) / 1000)
 
 
 def run(bootstrap: str, n: int, max_tokens: int, engine_env: dict[str, str], tag: str) -> float:
@@ -37,7 +30,7 @@ def run(bootstrap: str, n: int, max_tokens: int, engine_env: dict[str, str], tag
     finally:
         worker.terminate()
     assert found.total == n and len(found.results) == n, "bench lost or failed requests"
-    return steady_rate([r["completed_at_ms"] for r in found.results])
+    return steady_rate([r["completed_at_ms"] / 1000 for r in found.results])
 
 
 def main() -> None:

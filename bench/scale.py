@@ -31,17 +31,10 @@ import httpx
 from confluent_kafka import Consumer, TopicPartition
 
 from bench.common import OUT, ROOT, machine
-from bench.pipeline import steady_rate
+from services.bench.measure import steady_rate
 from services.codec import RESULT, codec
-from services.inference.engines.simulated import ideal_requests_per_s
-from services.inference.settings import SimulatedEngineOptions
-from services.kafka import local_broker
-from services.kafka.compacted import read_to_end
-from services.kafka.lag import partition_backlog
-from services.settings import TopicSettings
-from tests.chaos.rig import own_broker
-from tests.kafka_helpers import unique_topics, wait_for
-from tests.pipeline_helpers import (
+from services.harness.kafka import unique_topics, wait_for
+from services.harness.pipeline import (
     ingest_env,
     outcomes,
     publish,
@@ -51,6 +44,13 @@ from tests.pipeline_helpers import (
     start_scheduler,
     submit_batch,
 )
+from services.inference.engines.simulated import ideal_requests_per_s
+from services.inference.settings import SimulatedEngineOptions
+from services.kafka import local_broker
+from services.kafka.compacted import read_to_end
+from services.kafka.lag import partition_backlog
+from services.settings import TopicSettings
+from tests.chaos.rig import own_broker
 
 SIM = SimulatedEngineOptions(step_s=0.005, max_num_seqs=32, tokens_per_step=1)
 ENGINE = {
@@ -219,7 +219,7 @@ def scaling(broker: local_broker.BrokerLayout, n: int, workers: int) -> float:
         for process in [*started, scheduler]:
             process.terminate(timeout_s=60)
     assert len(found.results) == n, f"{n - len(found.results)} results missing"
-    return steady_rate([r["completed_at_ms"] for r in found.results])
+    return steady_rate([r["completed_at_ms"] / 1000 for r in found.results])
 
 
 def percentiles(values: list[float]) -> str:
@@ -268,7 +268,7 @@ def main() -> None:
     finally:
         local_broker.down(broker)
     results = job["results"]
-    out_rate = steady_rate([r["completed_at_ms"] for r in results])
+    out_rate = steady_rate([r["completed_at_ms"] / 1000 for r in results])
     by_lane: dict[str, list[float]] = defaultdict(list)
     for r in results:
         by_lane[r["priority"]].append(r["timings"]["queue_wait_ms"] + r["timings"]["inference_ms"])

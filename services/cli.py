@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 from confluent_kafka.admin import AdminClient
 
+from services.bench import engines as bench_engines
 from services.client import cli as client_cli
 from services.dlq.cli import dlq_app
 from services.kafka import local_broker
@@ -19,8 +20,11 @@ app = typer.Typer(help="kbatch: batch LLM inference over Apache Kafka", no_args_
 kafka_app = typer.Typer(help="A local single-node KRaft broker from Maven Central jars")
 topics_app = typer.Typer(help="Create and inspect kbatch's topics")
 model_app = typer.Typer(help="Model files kbatch writes itself (nothing is downloaded)")
+bench_app = typer.Typer(help="Benchmarks, each against an anchor measured in the same run; JSON")
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(model_app, name="model")
+app.add_typer(bench_app, name="bench")
+bench_app.command("engines")(bench_engines.main)
 app.add_typer(topics_app, name="topics")
 app.add_typer(dlq_app, name="dlq")
 app.command("submit")(client_cli.submit)
@@ -125,8 +129,16 @@ def scheduler() -> None:
 
 
 @app.command("demo")
-def demo() -> None:
-    """Broker, topics, ingest and two simulated workers; a sample job end to end."""
+def demo(
+    engine: str | None = typer.Option(
+        None,
+        help="simulated|llamacpp|vllm|openai; default: vllm with a GPU and vLLM, else "
+        "llamacpp on the tiny model",
+    ),
+) -> None:
+    """Broker, topics, scheduler, ingest and two workers; a sample job end to end."""
     from services.demo import run_demo
 
-    run_demo()
+    if engine not in (None, "simulated", "llamacpp", "vllm", "openai"):
+        raise typer.BadParameter(f"unknown engine {engine!r}", param_hint="--engine")
+    run_demo(engine)

@@ -8,6 +8,7 @@ request counts; the output files are downloaded; everything is shut down.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -23,9 +24,12 @@ from confluent_kafka.admin import AdminClient
 from rich.console import Console
 from rich.progress import Progress
 
+from services.harness.llama_server import llama_server
 from services.inference.gpu import sample_gpus
+from services.inference.settings import served_name_of
 from services.kafka import local_broker
 from services.kafka.topics import ensure_topics, topic_catalog
+from services.models.tiny import ensure_tiny_model
 from services.resources import data_dir
 from services.settings import TopicSettings
 
@@ -34,17 +38,65 @@ INGEST, SCHEDULER = "http://127.0.0.1:18080", "http://127.0.0.1:18070"
 console = Console()
 
 
-def choose_engine() -> str:
-    """vllm when a GPU and vLLM are both here; otherwise simulated, said loudly."""
+@dataclass(frozen=True)
+class DemoEngine:
+    """The engine the demo's workers run, and what their results will say."""
+
+    name: str
+    worker_env: dict[str, str]
+    served_model: str
+
+
+def choose_engine(requested: str | None) -> str:
+    """vllm when a GPU and vLLM are both here; otherwise llamacpp on the tiny model."""
+    if requested:
+        return requested
     gpus = sample_gpus()
     if gpus.available and importlib.util.find_spec("vllm") is not None:
         return "vllm"
     why = gpus.nvml_error or "vLLM is not installed"
-    console.print(
-        f"[bold yellow]ENGINE: simulated[/] ({why}). Every output says \\[simulated] and "
-        "engine=simulated; nothing here is a model's answer."
+    console.print(f"no GPU engine ({why}): using llamacpp", markup=False)
+    return "llamacpp"
+
+
+def prepare_engine(name: str, root: Path, stack: contextlib.ExitStack) -> DemoEngine:
+    """Model file, server and worker settings for `name`; says plainly what will answer."""
+    model = os.environ.get("KBATCH_INFERENCE__MODEL")
+    own_server = "KBATCH_INFERENCE__OPENAI__BASE_URL" in os.environ
+    if name == "vllm" and model is None:
+        raise SystemExit("the vllm engine needs KBATCH_INFERENCE__MODEL (a path or hub id)")
+    if name == "openai" and own_server and model is None:
+        raise SystemExit("set KBATCH_INFERENCE__MODEL to the model name your server serves")
+    env: dict[str, str] = {}
+    if name in ("llamacpp", "openai") and model is None:
+        model = str(ensure_tiny_model(root / "models"))
+        console.print(
+            f"[bold yellow]MODEL: the tiny random-weight GGUF[/] ({model}): real llama.cpp "
+            "inference, gibberish answers. Point KBATCH_INFERENCE__MODEL at your own GGUF "
+            "for real ones."
+        )
+    if name == "openai" and not own_server:
+        assert model is not None
+        served = served_name_of(model)
+        env["KBATCH_INFERENCE__OPENAI__BASE_URL"] = stack.enter_context(
+            llama_server(Path(model), root / "demo-logs" / "llama-server.log", alias=served)
+        )
+        console.print(
+            f"openai engine: llama_cpp.server at {env['KBATCH_INFERENCE__OPENAI__BASE_URL']}"
+        )
+        model = served
+    if name == "simulated":
+        console.print(
+            "[bold yellow]ENGINE: simulated[/]: every output says \\[simulated] and "
+            "engine=simulated; nothing here is a model's answer."
+        )
+    if model is not None:
+        env["KBATCH_INFERENCE__MODEL"] = model
+    served = os.environ.get("KBATCH_INFERENCE__SERVED_MODEL_NAME") or served_name_of(
+        model or "kbatch-sim"
     )
-    return "simulated"
+    console.print(f"ENGINE: {name}, serving {served!r}", markup=False)
+    return DemoEngine(name, {"KBATCH_INFERENCE__ENGINE": name, **env}, served)
 
 
 @dataclass
@@ -80,9 +132,20 @@ def wait_healthy(url: str, timeout_s: float = 90) -> None:
     raise RuntimeError(f"{url} not healthy after {timeout_s}s (logs in .kbatch/demo-logs)")
 
 
-def submit(client: httpx.Client, path: Path, priority: str) -> str:
-    with path.open("rb") as handle:
-        file = client.post("/v1/files", files={"file": handle}, data={"purpose": "batch"}).json()
+def addressed_to(path: Path, model: str) -> bytes:
+    """The sample lines, asking for the model the demo's workers serve."""
+    lines = []
+    for text in path.read_text(encoding="utf-8").splitlines():
+        line = json.loads(text)
+        line["body"]["model"] = model
+        lines.append(json.dumps(line))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def submit(client: httpx.Client, path: Path, model: str, priority: str) -> str:
+    content = addressed_to(path, model)
+    upload = {"file": (path.name, content, "application/jsonl")}
+    file = client.post("/v1/files", files=upload, data={"purpose": "batch"}).json()
     body = {
         "input_file_id": file["id"],
         "endpoint": "/v1/chat/completions",
@@ -113,12 +176,19 @@ def follow(client: httpx.Client, batches: dict[str, str]) -> dict[str, dict[str,
     return final
 
 
-def run_demo() -> None:
+def run_demo(requested_engine: str | None = None) -> None:
     started = time.monotonic()
-    engine = choose_engine()
     root = Path(".kbatch").resolve()
     logs = root / "demo-logs"
     logs.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        engine = prepare_engine(choose_engine(requested_engine), root, stack)
+        _run_services(engine, root, logs)
+    console.print(f"demo finished in {time.monotonic() - started:.0f}s; logs in {logs}")
+
+
+def _run_services(engine: DemoEngine, root: Path, logs: Path) -> None:
+    started = time.monotonic()
     layout = local_broker.BrokerLayout(root / "demo-kafka", port=19092, controller_port=19093)
     bootstrap = local_broker.up(layout)
     topics = TopicSettings(prefix=f"demo{int(time.time())}")
@@ -148,6 +218,7 @@ def run_demo() -> None:
                 "KBATCH_INGEST__HTTP_PORT": "18080",
                 "KBATCH_INGEST__FILE_DIR": str(root / "demo-files"),
                 "KBATCH_INGEST__SCHEDULER_URL": SCHEDULER,
+                "KBATCH_INGEST__SERVED_MODELS": json.dumps([engine.served_model]),
             },
         )
         for name, pool, port in (("worker-a", "dedicated", "18091"), ("worker-b", "spot", "18092")):
@@ -156,7 +227,7 @@ def run_demo() -> None:
                 ["inference"],
                 {
                     **env,
-                    "KBATCH_INFERENCE__ENGINE": engine,
+                    **engine.worker_env,
                     "KBATCH_INFERENCE__WORKER_ID": name,
                     "KBATCH_INFERENCE__POOL": pool,
                     "KBATCH_INFERENCE__FOLLOW_SCHEDULER": "true",
@@ -172,7 +243,8 @@ def run_demo() -> None:
         with httpx.Client(base_url=INGEST, timeout=300) as client:
             submitted = time.monotonic()
             batches = {
-                submit(client, samples / f"candidates-{p}.jsonl", p): p for p in ("high", "low")
+                submit(client, samples / f"candidates-{p}.jsonl", engine.served_model, p): p
+                for p in ("high", "low")
             }
             final = follow(client, batches)
             elapsed = time.monotonic() - submitted
@@ -182,7 +254,6 @@ def run_demo() -> None:
     finally:
         services.stop()
         local_broker.down(layout)
-    console.print(f"demo finished in {time.monotonic() - started:.0f}s; logs in {logs}")
 
 
 def _summary(
@@ -209,6 +280,7 @@ def _summary(
     body = sample["response"]["body"]
     console.print(
         f"first line: custom_id={sample['custom_id']} engine={body['kbatch']['engine']} "
+        f"model={body['model']} "
         f"content={body['choices'][0]['message']['content'][:60]!r}",
         markup=False,
     )

@@ -11,6 +11,15 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from services.settings import CommonSettings
 
+# A one-sequence engine (llamacpp) with an in-flight cap of 2 had one request queued behind
+# the one decoding: any event-loop hiccup longer than a decode left it idle (bench.engines:
+# 108 requests/s at 2, 124 at 8).
+MIN_DEFAULT_IN_FLIGHT = 8
+# Bounding uncommitted records at 4x a narrow engine's in-flight cap made every few
+# results wait for a transaction (llamacpp, cap 2: 0.16 of the binding's own rate in
+# bench.engines). The floor keeps commits batched whatever the engine's width.
+MIN_DEFAULT_UNCOMMITTED = 512
+
 
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -122,10 +131,16 @@ class InferenceOptions(BaseModel):
     )
     capacity: int = Field(8, ge=1, description="most partitions the scheduler may give it")
     in_flight_cap: int | None = Field(
-        None, ge=1, description="requests in the engine at once; default 2x engine concurrency"
+        None,
+        ge=1,
+        description="requests in the engine at once; default 2x engine concurrency, at "
+        f"least {MIN_DEFAULT_IN_FLIGHT}",
     )
     max_uncommitted: int | None = Field(
-        None, ge=1, description="consumed-but-uncommitted records; default 4x in-flight cap"
+        None,
+        ge=1,
+        description="consumed-but-uncommitted records; default 4x the in-flight cap, at "
+        f"least {MIN_DEFAULT_UNCOMMITTED}",
     )
     commit_interval_s: float = Field(0.5, gt=0, description="commit at least this often")
     commit_max_records: int = Field(1000, ge=1, description="commit once this many are ready")

@@ -42,7 +42,11 @@ from services.inference.outputs import (
 )
 from services.inference.progress import PartitionProgress
 from services.inference.runner import RequestRunner, RunnerConfig
-from services.inference.settings import InferenceSettings
+from services.inference.settings import (
+    MIN_DEFAULT_IN_FLIGHT,
+    MIN_DEFAULT_UNCOMMITTED,
+    InferenceSettings,
+)
 from services.inference.transactions import PartitionTransactions, transactional_id
 from services.kafka.lag import end_offsets
 from services.kafka.stats import stats_config
@@ -107,11 +111,13 @@ class Worker:
     # -- sizing ---------------------------------------------------------------
     @property
     def in_flight_cap(self) -> int:
-        return self.options.in_flight_cap or 2 * self.engine.max_concurrency
+        return self.options.in_flight_cap or max(
+            2 * self.engine.max_concurrency, MIN_DEFAULT_IN_FLIGHT
+        )
 
     @property
     def max_uncommitted(self) -> int:
-        return self.options.max_uncommitted or 4 * self.in_flight_cap
+        return self.options.max_uncommitted or max(4 * self.in_flight_cap, MIN_DEFAULT_UNCOMMITTED)
 
     def _flow(self, stopping: bool) -> FlowState:
         return FlowState(
@@ -417,37 +423,42 @@ class Worker:
         lane records, under a large backlog), and its cached end offsets move only
         with fetches: a high lane's new records stayed invisible to the gate. The
         probe is a round trip per partition, so it must not hold up consuming
-        (awaited inline it cut one worker with 8 partitions to 38 requests/s).
+        (awaited inline it cut one worker with 8 partitions to 38 requests/s), and it
+        asks through a handle of its own: confluent-kafka serializes the calls on one
+        handle, so probing through the worker's consumer stalled its consume() and
+        the event loop behind it (bench.engines, llamacpp: 0.33 of the binding's rate).
         """
-        consumer = self._require_consumer()
-        while not stop.is_set():
-            await wait_event(stop, LANE_PROBE_S)
-            owned = list(self.owned)
-            if len(owned) < 2 or stop.is_set():
-                continue
-            try:
-                self._ends = await asyncio.to_thread(end_offsets, consumer, self.topic, owned, 5)
-            except KafkaException as exc:
-                log.warning(
-                    "end offsets unavailable; lane gate uses the last known", error=str(exc)
-                )
+        probe = Consumer(self.settings.kafka_config(**{"group.id": self.settings.inference_group}))
+        try:
+            while not stop.is_set():
+                await wait_event(stop, LANE_PROBE_S)
+                owned = list(self.owned)
+                if len(owned) < 2 or stop.is_set():
+                    continue
+                try:
+                    self._ends = await asyncio.to_thread(end_offsets, probe, self.topic, owned, 5)
+                except KafkaException as exc:
+                    log.warning(
+                        "end offsets unavailable; lane gate uses the last known", error=str(exc)
+                    )
+        finally:
+            await asyncio.to_thread(probe.close)
 
     def _gated(self) -> set[int]:
         """Lower-lane partitions held back while a higher lane has records waiting.
 
         Backlog is measured from the worker's own next offset: the consumer's
         position() is invalid for a partition nothing was taken from yet, which hid
-        a fresh high lane's records from the gate (seen: 77 s queue waits).
+        a fresh high lane's records from the gate (seen: 77 s queue waits). End
+        offsets come from the probe only: reading even librdkafka's cached watermarks
+        waits while consume() holds the consumer's handle, blocking the event loop.
         """
         if len(self.owned) < 2:
             return set()
-        consumer = self._require_consumer()
         lanes = {p: self._layout.lane_of(p) for p in self.owned}
         backlog: dict[int, int | None] = {}
         for partition, part in self.owned.items():
-            tp = TopicPartition(self.topic, partition)
-            _, cached_high = consumer.get_watermark_offsets(tp, cached=True)
-            high = max(cached_high, self._ends.get(partition, -1))
+            high = self._ends.get(partition, -1)
             backlog[partition] = max(0, high - part.next_offset) if high >= 0 else None
         return lane_gate(lanes, backlog)
 

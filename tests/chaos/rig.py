@@ -17,14 +17,8 @@ import httpx
 from confluent_kafka import Consumer, TopicPartition
 
 from services.codec import DEAD_LETTER, RESULT, codec
-from services.harness.ports import free_port
-from services.inference.worker import EXIT_TRANSACTION_HUNG
-from services.kafka import local_broker
-from services.lanes import Lane
-from services.scheduler.app import EXIT_STALLED
-from services.settings import TopicSettings
-from tests.kafka_helpers import unique_topics, wait_for
-from tests.pipeline_helpers import (
+from services.harness.kafka import unique_topics, wait_for
+from services.harness.pipeline import (
     Outcomes,
     outcomes,
     publish_to,
@@ -32,7 +26,13 @@ from tests.pipeline_helpers import (
     start_follower,
     start_scheduler,
 )
-from tests.processes import ServiceProcess
+from services.harness.ports import free_port
+from services.harness.processes import ServiceProcess
+from services.inference.worker import EXIT_TRANSACTION_HUNG
+from services.kafka import local_broker
+from services.lanes import Lane
+from services.scheduler.app import EXIT_STALLED
+from services.settings import TopicSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 JOB = "chaos"

@@ -22,10 +22,10 @@ from collections.abc import Callable, Iterator
 
 import httpx
 
+from services.harness.kafka import wait_for
+from services.harness.pipeline import batch_line, ingest_env, start_ingest_process, submit_batch
 from services.kafka import local_broker
 from tests.chaos.rig import HEARTBEAT_TIMEOUT_S, ChaosRig
-from tests.kafka_helpers import wait_for
-from tests.pipeline_helpers import batch_line, ingest_env, start_ingest_process, submit_batch
 
 
 def _holder(rig: ChaosRig) -> tuple[str, set[int]]:

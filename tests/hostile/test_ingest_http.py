@@ -10,8 +10,8 @@ from pathlib import Path
 
 import httpx
 
+from services.harness.kafka import read_topic
 from tests.integration.test_ingest import chat_line, start_ingest
-from tests.kafka_helpers import read_topic
 
 
 def slow_body(lines: list[bytes], pause_s: float) -> Iterator[bytes]:

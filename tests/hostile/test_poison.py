@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 from services.codec import MARKER, REQUEST, codec
-from tests.kafka_helpers import unique_topics
-from tests.pipeline_helpers import outcomes, publish_to, request_record, start_worker
+from services.harness.kafka import unique_topics
+from services.harness.pipeline import outcomes, publish_to, request_record, start_worker
 
 
 def test_poison_records_are_dead_lettered_and_the_partition_flows(

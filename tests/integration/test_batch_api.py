@@ -12,16 +12,16 @@ from typing import Any
 import openai
 import pytest
 
-from services.settings import TopicSettings
-from tests.kafka_helpers import unique_topics, wait_for
-from tests.pipeline_helpers import (
+from services.harness.kafka import unique_topics, wait_for
+from services.harness.pipeline import (
     batch_line,
     ingest_env,
     start_follower,
     start_ingest_process,
     start_scheduler,
 )
-from tests.processes import ServiceProcess
+from services.harness.processes import ServiceProcess
+from services.settings import TopicSettings
 
 
 @dataclass

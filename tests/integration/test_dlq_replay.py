@@ -6,9 +6,9 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
-from tests.kafka_helpers import read_topic, unique_topics
-from tests.pipeline_helpers import outcomes, publish, request_record, shared_env, start_worker
-from tests.processes import KBATCH
+from services.harness.kafka import read_topic, unique_topics
+from services.harness.pipeline import outcomes, publish, request_record, shared_env, start_worker
+from services.harness.processes import KBATCH
 
 
 def kbatch(env: dict[str, str], *args: str) -> str:

@@ -12,8 +12,8 @@ import pytest
 from confluent_kafka import Producer
 
 from services.codec import ASSIGNMENT, MARKER, REQUEST, codec
-from tests.kafka_helpers import unique_topics, wait_for
-from tests.pipeline_helpers import (
+from services.harness.kafka import unique_topics, wait_for
+from services.harness.pipeline import (
     outcomes,
     publish,
     publish_to,

@@ -12,12 +12,12 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from services.codec import JOB, REQUEST, Codec, codec
+from services.harness.kafka import read_topic, unique_topics, wait_for
 from services.harness.ports import free_port
+from services.harness.processes import ServiceProcess
 from services.ingest.validation import request_id_for
 from services.lanes import Lane
 from services.settings import TopicSettings
-from tests.kafka_helpers import read_topic, unique_topics, wait_for
-from tests.processes import ServiceProcess
 
 pytestmark = pytest.mark.integration
 

@@ -13,12 +13,8 @@ import httpx
 import pytest
 import yaml
 
-from services.harness.ports import free_port
-from services.inference.gpu import sample_gpus
-from services.observability.catalog import all_exprs, data_exprs
-from services.observability.render import ALERTS_FILE
-from tests.kafka_helpers import unique_topics, wait_for
-from tests.pipeline_helpers import (
+from services.harness.kafka import unique_topics, wait_for
+from services.harness.pipeline import (
     outcomes,
     publish,
     request_record,
@@ -26,7 +22,11 @@ from tests.pipeline_helpers import (
     start_follower,
     start_scheduler,
 )
-from tests.processes import ServiceProcess
+from services.harness.ports import free_port
+from services.harness.processes import ServiceProcess
+from services.inference.gpu import sample_gpus
+from services.observability.catalog import all_exprs, data_exprs
+from services.observability.render import ALERTS_FILE
 
 GPU_ONLY = ("kbatch_gpu_",)  # per-board gauges exist only where NVML sees a GPU
 

@@ -11,9 +11,8 @@ import llama_cpp
 import openai
 import pytest
 
-from tests.conftest import LLAMA_SERVER_KEY
-from tests.kafka_helpers import read_topic, unique_topics, wait_for
-from tests.pipeline_helpers import (
+from services.harness.kafka import read_topic, unique_topics, wait_for
+from services.harness.pipeline import (
     ingest_env,
     outcomes,
     publish,
@@ -23,6 +22,7 @@ from tests.pipeline_helpers import (
     start_scheduler,
     start_worker,
 )
+from tests.conftest import LLAMA_SERVER_KEY
 
 pytestmark = pytest.mark.integration
 

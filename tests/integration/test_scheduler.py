@@ -8,15 +8,15 @@ from typing import Any
 
 import httpx
 
-from services.lanes import Lane
-from tests.kafka_helpers import unique_topics, wait_for
-from tests.pipeline_helpers import (
+from services.harness.kafka import unique_topics, wait_for
+from services.harness.pipeline import (
     outcomes,
     publish_to,
     request_record,
     start_follower,
     start_scheduler,
 )
+from services.lanes import Lane
 
 LANES = {"high_partitions": 2, "normal_partitions": 2, "low_partitions": 2}
 FAST = {"SIMULATED__STEP_S": "0.002", "SIMULATED__MAX_NUM_SEQS": "16"}

@@ -1,9 +1,10 @@
-"""The README's configuration table names every setting the services read."""
+"""The README names every setting the services read and shows the benchmarks' own figures."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from services.bench.readme import BENCH_FILES, block, rendered
 from services.settings_doc import all_variables
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -14,3 +15,12 @@ def test_every_setting_is_in_the_readme() -> None:
     missing = [v for v in all_variables() if f"`{v}`" not in text]
     assert missing == [], f"README lacks {missing}; run python -m services.settings_doc"
     assert len(all_variables()) > 50
+
+
+def test_the_readmes_benchmark_figures_are_the_benchmark_json() -> None:
+    text = README.read_text()
+    for name in BENCH_FILES:
+        assert block(name, text) == rendered(name, README.parent), (
+            f"README's {name} figures differ from {BENCH_FILES[name]}; "
+            "run python -m services.bench.readme"
+        )

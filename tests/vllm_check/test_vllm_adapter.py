@@ -396,7 +396,10 @@ async def test_a_cancelled_request_is_aborted_inside_vllm() -> None:
 
     fake.llm.generate.side_effect = forever
     task = asyncio.create_task(engine.generate(completion()))
-    await entered.wait()
+    waiting = asyncio.create_task(entered.wait())
+    done, _ = await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    waiting.cancel()
+    assert task not in done, task.exception()  # it failed instead of waiting in vLLM
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -14,20 +14,27 @@ itself answers for the same messages and parameters.
 
 The binding has no abort: a request cancelled while it decodes (its job
 cancelled, its partition released) runs to its max_tokens on its thread and its
-output is discarded; its instance takes new work only after that. Imported only when
+output is discarded; one cancelled while queued is never decoded. Imported only when
 KBATCH_INFERENCE__ENGINE=llamacpp (pip install kbatch[llamacpp]).
 """
 
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import Future, ThreadPoolExecutor
+import queue
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import llama_cpp
 
-from services.errors import ConfigurationError, InvalidRequestError, TransientEngineError
+from services.errors import (
+    ConfigurationError,
+    EngineDeadError,
+    InvalidRequestError,
+    TransientEngineError,
+)
 from services.inference.engines.base import EngineOutput, EngineRequest
 from services.inference.engines.openai_params import (
     chat_messages,
@@ -60,8 +67,30 @@ def output_of(response: dict[str, Any], chat: bool) -> EngineOutput:
     )
 
 
+@dataclass(frozen=True)
+class _Job:
+    request: EngineRequest
+    done: asyncio.Future[EngineOutput]
+    loop: asyncio.AbstractEventLoop
+
+
+def _settle(job: _Job, output: EngineOutput | None, error: BaseException | None) -> None:
+    """On the event loop: hand the thread's outcome to the awaiting request."""
+    if job.done.done():
+        return  # cancelled meanwhile; the output is dropped
+    if error is not None:
+        job.done.set_exception(error)
+    elif output is not None:
+        job.done.set_result(output)
+
+
 class LlamaCppEngine:
-    """A pool of `Llama` instances, one request on each at a time."""
+    """`instances` threads, each owning one `Llama`, taking requests from one queue.
+
+    A thread starts the next queued request the moment it finishes one, without a
+    round trip through the event loop (handing instances out from the loop left the
+    model idle between requests whenever the loop was busy with Kafka work).
+    """
 
     name = "llamacpp"
 
@@ -69,19 +98,18 @@ class LlamaCppEngine:
         self.served_model = served_model
         self._path = model_path
         self._options = options
-        self._concurrency = options.instances
-        self._idle: asyncio.Queue[llama_cpp.Llama] = asyncio.Queue()
-        self._instances: list[llama_cpp.Llama] = []
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
         self._running = 0
-        self._threads = ThreadPoolExecutor(options.instances, thread_name_prefix="llamacpp")
 
     @property
     def max_concurrency(self) -> int:
-        return self._concurrency
+        return self._options.instances
 
     @property
     def running(self) -> int:
-        return self._running
+        """Requests decoding now: the waiting ones beyond one per instance are queued."""
+        return min(self._running, self._options.instances)
 
     async def start(self) -> None:
         if not Path(self._path).is_file():
@@ -89,11 +117,14 @@ class LlamaCppEngine:
                 f"KBATCH_INFERENCE__MODEL={self._path!r} is not a GGUF file "
                 "(`kbatch model tiny PATH` writes a small one)"
             )
-        loop = asyncio.get_running_loop()
-        for _ in range(self._options.instances):
-            instance = await loop.run_in_executor(self._threads, self._load)
-            self._instances.append(instance)
-            self._idle.put_nowait(instance)
+        for index in range(self._options.instances):
+            # Loaded here, one by one, so that a bad file fails the start, not a request.
+            instance = await asyncio.to_thread(self._load)
+            thread = threading.Thread(
+                target=self._serve, args=(instance,), name=f"llamacpp-{index}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
 
     def _load(self) -> llama_cpp.Llama:
         options = self._options
@@ -113,38 +144,47 @@ class LlamaCppEngine:
         except ValueError as exc:
             raise ConfigurationError(f"llama.cpp could not load {self._path}: {exc}") from exc
 
+    def _serve(self, instance: llama_cpp.Llama) -> None:
+        """One instance's thread: requests in queue order until the closing sentinel."""
+        try:
+            while (job := self._jobs.get()) is not None:
+                if job.done.cancelled():
+                    continue  # cancelled while queued: never decoded
+                output: EngineOutput | None = None
+                error: BaseException | None = None
+                try:
+                    output = self._run(instance, job.request)
+                except (InvalidRequestError, TransientEngineError) as exc:
+                    error = exc
+                except Exception as exc:  # noqa: BLE001 - anything else: the engine is unusable
+                    error = EngineDeadError(f"llama.cpp failed unexpectedly: {exc!r}")
+                    error.__cause__ = exc
+                job.loop.call_soon_threadsafe(_settle, job, output, error)
+        finally:
+            instance.close()
+
     def shrink_concurrency(self) -> int:
         # llama.cpp on a CPU does not run out of accelerator memory mid-request; the
         # instances were sized at start, so there is nothing to give back.
-        return self._concurrency
+        return self._options.instances
 
     async def close(self) -> None:
-        self._threads.shutdown(wait=True, cancel_futures=True)
-        for instance in self._instances:
-            instance.close()
-        self._instances.clear()
+        for _ in self._threads:
+            self._jobs.put(None)
+        # Each thread finishes the request it decodes (there is no abort), then exits.
+        await asyncio.gather(*(asyncio.to_thread(t.join) for t in self._threads))
+        self._threads.clear()
 
     async def generate(self, request: EngineRequest) -> EngineOutput:
         self._check_task(request)
-        instance = await self._idle.get()
-        decoding = self._threads.submit(self._run, instance, request)
+        loop = asyncio.get_running_loop()
+        job = _Job(request, loop.create_future(), loop)
+        self._jobs.put(job)
         self._running += 1
         try:
-            return await asyncio.wrap_future(decoding)
+            return await job.done
         finally:
             self._running -= 1
-            self._release_after(decoding, instance)
-
-    def _release_after(self, decoding: Future[EngineOutput], instance: llama_cpp.Llama) -> None:
-        """Back to the pool once its thread has finished with it, never before (a
-        cancelled request's decoding goes on after its awaiting task has gone)."""
-        if decoding.done():
-            self._idle.put_nowait(instance)
-            return
-        loop = asyncio.get_running_loop()
-        decoding.add_done_callback(
-            lambda _: loop.call_soon_threadsafe(self._idle.put_nowait, instance)
-        )
 
     def _check_task(self, request: EngineRequest) -> None:
         embedding_worker = self._options.task == "embed"

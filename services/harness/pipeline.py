@@ -1,4 +1,4 @@
-"""Publish request records and read back outcomes, for worker tests."""
+"""Publish request records, start services and read back outcomes (tests and benches)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from confluent_kafka import Producer
+from confluent_kafka import Message, Producer
 
 from services.codec import DEAD_LETTER, REQUEST, RESULT, codec
+from services.harness.kafka import read_topic
 from services.harness.ports import free_port
+from services.harness.processes import ServiceProcess
 from services.ingest.validation import request_id_for
 from services.settings import TopicSettings
-from tests.kafka_helpers import read_topic
-from tests.processes import ServiceProcess
 
 
 def request_record(job: str, index: int, lane: str = "normal", **body: Any) -> dict[str, Any]:
@@ -74,7 +74,7 @@ def submit_batch(client: httpx.Client, content: bytes, filename: str, priority: 
 
 
 def publish(
-    bootstrap: str, topics: TopicSettings, records: list[dict[str, Any]], raw: list[bytes] = ()
+    bootstrap: str, topics: TopicSettings, records: list[dict[str, Any]], raw: Sequence[bytes] = ()
 ) -> None:
     """Records spread over all partitions round-robin; `raw` values published as they are."""
     every = range(topics.lane_layout().total)
@@ -86,7 +86,7 @@ def publish_to(
     topics: TopicSettings,
     records: list[dict[str, Any]],
     partitions: Sequence[int],
-    raw: list[bytes] = (),
+    raw: Sequence[bytes] = (),
 ) -> None:
     """Records spread round-robin over `partitions`."""
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
@@ -99,7 +99,9 @@ def publish_to(
         )
     for i, value in enumerate(raw):
         producer.produce(topics.requests, value, partition=partitions[i % len(partitions)])
-    assert producer.flush(30) == 0
+    unsent = producer.flush(30)
+    if unsent:
+        raise AssertionError(f"{unsent} request record(s) not acknowledged in 30 s")
 
 
 @dataclass
@@ -118,6 +120,11 @@ class Outcomes:
         return len(self.results) + len(self.dead)
 
 
+def _headers(message: Message) -> dict[str, bytes]:
+    pairs: Any = message.headers() or ()
+    return {name: value for name, value in pairs if isinstance(value, bytes)}
+
+
 def outcomes(bootstrap: str, topics: TopicSettings, expect: int, timeout_s: float = 60) -> Outcomes:
     """Everything committed to results and DLQ, read with read_committed."""
     deadline = time.monotonic() + timeout_s
@@ -126,7 +133,7 @@ def outcomes(bootstrap: str, topics: TopicSettings, expect: int, timeout_s: floa
         dead = read_topic(bootstrap, topics.dlq, timeout_s=10)
         found = Outcomes(
             [codec(RESULT).decode(m.value()) for m in results],
-            [(codec(DEAD_LETTER).decode(m.value()), dict(m.headers() or [])) for m in dead],
+            [(codec(DEAD_LETTER).decode(m.value()), _headers(m)) for m in dead],
         )
         if found.total >= expect or time.monotonic() > deadline:
             return found

@@ -1,11 +1,11 @@
-"""Helpers for tests against the real broker: topics per test, reading topics back."""
+"""The real broker for tests and benches: topics per run, reading topics back, waiting."""
 
 from __future__ import annotations
 
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -52,11 +52,12 @@ def read_topic(
                 if done and (expect is None or len(messages) >= expect):
                     break
                 continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    at_eof.add(msg.partition())
+            error = msg.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    at_eof.add(cast(int, msg.partition()))
                     continue
-                raise AssertionError(f"consume error: {msg.error()}")
+                raise AssertionError(f"consume error: {error}")
             at_eof.discard(msg.partition())
             messages.append(msg)
     finally:

@@ -1,0 +1,1 @@
+"""Benchmarks that ship with kbatch: each prints JSON with its anchor measured in the same run."""
