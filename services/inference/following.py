@@ -89,8 +89,11 @@ def assignment_handler(worker_id: str, on_assignment: OnAssignment) -> OnRecord:
     return handle
 
 
-def cancellation_handler(cancelled: set[str]) -> OnRecord:
-    """Maintains the set of cancelled (or expired) job ids from the jobs topic."""
+def cancellation_handler(
+    cancelled: set[str], on_cancelled: Callable[[str], object] = lambda _: None
+) -> OnRecord:
+    """Maintains the set of cancelled (or expired) job ids from the jobs topic, and tells
+    `on_cancelled` (from the follower's thread) of each newly cancelled job."""
 
     def handle(key: bytes, value: bytes | None) -> None:
         job_id = key.decode()
@@ -105,5 +108,6 @@ def cancellation_handler(cancelled: set[str]) -> OnRecord:
         if record["cancelled"] and job_id not in cancelled:
             log.info("job cancelled", job_id=job_id, reason=record["cancel_reason"])
             cancelled.add(job_id)
+            on_cancelled(job_id)
 
     return handle

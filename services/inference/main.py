@@ -152,7 +152,10 @@ def _following(
         TopicFollower(
             settings.kafka_config(),
             settings.topics.jobs,
-            cancellation_handler(worker.cancelled_jobs),
+            cancellation_handler(
+                worker.cancelled_jobs,
+                lambda job_id: loop.call_soon_threadsafe(worker.cancel_job, job_id),
+            ),
         )
     ]
     if settings.inference.follow_scheduler:

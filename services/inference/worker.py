@@ -90,7 +90,8 @@ class Worker:
         self.dead_reason: str | None = None
         self._consumer: Consumer | None = None
         self._group_metadata: Any = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        # Each request's task, with its partition and job: cancelled with either.
+        self._tasks: dict[asyncio.Task[None], tuple[int, str]] = {}
         self._in_flight = 0
         self._paused: set[int] = set()
         self._ends: dict[int, int] = {}  # end offsets of owned partitions, for the lane gate
@@ -211,26 +212,34 @@ class Worker:
             part.progress.finished(offset, [dead])
             return
         if record["job_id"] in self.cancelled_jobs:
-            metrics.CANCELLED.inc()
-            cancelled = cancelled_record(
-                self.settings.topics.results,
-                record,
-                self.engine,
-                self.options.worker_id,
-                origin,
-            )
-            part.progress.finished(offset, [cancelled])
+            part.progress.finished(offset, [self._cancelled(origin, record)])
             return
         self._in_flight += 1
         task = asyncio.create_task(self._run_request(part, origin, record))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[task] = (part.partition, record["job_id"])
+        task.add_done_callback(self._tasks.pop)
+
+    def _cancelled(self, origin: Origin, record: dict[str, Any]) -> OutRecord:
+        metrics.CANCELLED.inc()
+        topic = self.settings.topics.results
+        return cancelled_record(topic, record, self.engine, self.options.worker_id, origin)
+
+    def cancel_job(self, job_id: str) -> None:
+        """A job was cancelled: its requests in the engine stop now (the engine aborts
+        them) and end as cancelled results, like those not started yet."""
+        for task, (_, job) in list(self._tasks.items()):
+            if job == job_id:
+                task.cancel()
 
     async def _run_request(
         self, part: OwnedPartition, origin: Origin, record: dict[str, Any]
     ) -> None:
         try:
             outputs = await self._runner.run(origin, record)
+        except asyncio.CancelledError:
+            if record["job_id"] not in self.cancelled_jobs:
+                raise  # stopping, or its partition released: the next owner runs it
+            outputs = [self._cancelled(origin, record)]
         except EngineDeadError as exc:
             self.dead_reason = str(exc)
             log.error("engine dead", error=str(exc))
@@ -356,9 +365,9 @@ class Worker:
         """Stop taking records, let in-flight ones finish (bounded), commit, hand over."""
         part.releasing = True
         self._set_paused(self._paused | {part.partition})
-        deadline = asyncio.get_running_loop().time() + self.options.drain_grace_s
-        while part.progress.in_flight and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.05)
+        await self._finish_in_flight(lambda: part.progress.in_flight)
+        # Left past the grace period: the engine stops them; the new owner redoes them.
+        await self._cancel_tasks(part.partition)
         await self._commit(part)
         await self._forget(part)
         log.info("partition released", partition=part.partition)
@@ -376,9 +385,7 @@ class Worker:
     async def _drain(self) -> None:
         """SIGTERM: stop fetching, finish in-flight work within the grace period, commit."""
         self._set_paused(set(self.owned))
-        deadline = asyncio.get_running_loop().time() + self.options.drain_grace_s
-        while self._in_flight and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.05)
+        await self._finish_in_flight(lambda: self._in_flight)
         abandoned = self._in_flight
         await self._cancel_tasks()
         await self.commit_all()
@@ -394,10 +401,18 @@ class Worker:
             await self._forget(part)
         await self._close()
 
-    async def _cancel_tasks(self) -> None:
-        for task in self._tasks:
+    async def _finish_in_flight(self, remaining: Callable[[], int]) -> None:
+        """Wait, up to the drain grace period, until `remaining()` requests are left."""
+        deadline = asyncio.get_running_loop().time() + self.options.drain_grace_s
+        while remaining() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+
+    async def _cancel_tasks(self, partition: int | None = None) -> None:
+        """Cancel the requests in flight (of one partition, or all) and wait for them."""
+        doomed = [t for t, (p, _) in self._tasks.items() if partition in (None, p)]
+        for task in doomed:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*doomed, return_exceptions=True)
 
     async def _close(self) -> None:
         await self.engine.close()

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -31,19 +32,20 @@ class Stack:
     processes: list[ServiceProcess]
     ingest_env: dict[str, str]
     ingest_url: str
+    worker_url: str
 
 
 @pytest.fixture
 def stack(bootstrap: str, tmp_path: Path) -> Iterator[Stack]:
     topics = unique_topics(bootstrap, high_partitions=1, normal_partitions=2, low_partitions=1)
     scheduler, scheduler_url = start_scheduler(bootstrap, topics, tmp_path)
-    worker, _ = start_follower(
+    worker, worker_url = start_follower(
         bootstrap, topics, tmp_path, "w1", "dedicated", 4, SIMULATED__STEP_S="0.01"
     )
     env = ingest_env(bootstrap, topics, tmp_path / "files", scheduler_url)
     ingest, url = start_ingest_process(env, tmp_path / "ingest.log")
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
-    built = Stack(topics, client, [ingest, worker, scheduler], env, url)
+    built = Stack(topics, client, [ingest, worker, scheduler], env, url, worker_url)
     yield built
     for process in built.processes:
         assert process.terminate() == 0, process.log()
@@ -120,6 +122,36 @@ def test_a_cancelled_batch_ends_cancelled_with_partial_output(stack: Stack, tmp_
     assert len(output) == counts.completed and len(errors) == counts.failed
     assert {e["error"]["code"] for e in errors} == {"batch_cancelled"}
     assert len({line["custom_id"] for line in output + errors}) == 3000
+
+
+def in_flight(worker_url: str) -> float:
+    """The worker's kbatch_inference_in_flight_requests gauge."""
+    for line in httpx.get(f"{worker_url}/metrics", timeout=5).text.splitlines():
+        if line.startswith("kbatch_inference_in_flight_requests "):
+            return float(line.split()[1])
+    raise AssertionError("the worker exports no in-flight gauge")
+
+
+def test_cancelling_stops_the_requests_already_in_the_engine(stack: Stack, tmp_path: Path) -> None:
+    # 1,500 tokens at 10 ms a step: each request would take 15 s to run out.
+    lines = [batch_line(f"long{i}", max_tokens=1500) for i in range(100)]
+    batch = stack.client.batches.create(
+        input_file_id=upload(stack.client, tmp_path, lines),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    wait_for(lambda: in_flight(stack.worker_url) > 0, 60, "requests in the engine")
+    cancelled_at = time.monotonic()
+    stack.client.batches.cancel(batch.id)
+    done = wait_status(stack.client, batch.id, {"cancelled"}, timeout_s=60)
+    # Time is what is tested: the in-flight requests end long before they could finish.
+    assert time.monotonic() - cancelled_at < 10
+    assert done.request_counts is not None
+    assert (done.request_counts.completed, done.request_counts.failed) == (0, 100)
+    assert done.error_file_id
+    errors = jsonl(stack.client, done.error_file_id)
+    assert {e["error"]["code"] for e in errors} == {"batch_cancelled"}
+    assert in_flight(stack.worker_url) == 0
 
 
 def test_collector_killed_mid_job_resumes_without_duplicates(stack: Stack, tmp_path: Path) -> None:
