@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from services.harness.llama_server import llama_server
+from services.harness.processes import wait_serving
 from services.inference.gpu import sample_gpus
 from services.inference.settings import served_name_of
 from services.kafka import local_broker
@@ -118,18 +119,6 @@ class Services:
                 process.wait(60)
             except subprocess.TimeoutExpired:
                 process.kill()
-
-
-def wait_healthy(url: str, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} not healthy after {timeout_s}s (logs in .kbatch/demo-logs)")
 
 
 def addressed_to(path: Path, model: str) -> bytes:
@@ -235,7 +224,7 @@ def _run_services(engine: DemoEngine, root: Path, logs: Path) -> None:
                 },
             )
         for url in (f"{SCHEDULER}/healthz", f"{INGEST}/healthz"):
-            wait_healthy(url)
+            wait_serving(url, 90, describe=lambda: "logs in .kbatch/demo-logs")
         console.print(
             f"services up after {time.monotonic() - started:.0f}s; submitting the sample job"
         )

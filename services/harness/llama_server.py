@@ -5,13 +5,11 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-
 from services.harness.ports import free_port
+from services.harness.processes import wait_serving
 
 
 @contextlib.contextmanager
@@ -45,7 +43,16 @@ def llama_server(
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         try:
             base_url = f"http://127.0.0.1:{port}/v1"
-            _wait_until_serving(process, f"{base_url}/models", api_key, log_path, timeout_s)
+            headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+            wait_serving(
+                f"{base_url}/models",
+                timeout_s,
+                process,
+                headers,
+                describe=lambda: (
+                    f"llama_cpp.server (log {log_path}): {log_path.read_text()[-2000:]}"
+                ),
+            )
             yield base_url
         finally:
             process.terminate()
@@ -54,26 +61,3 @@ def llama_server(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-
-
-def _wait_until_serving(
-    process: subprocess.Popen[bytes],
-    url: str,
-    api_key: str | None,
-    log_path: Path,
-    timeout_s: float,
-) -> None:
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(
-                f"llama_cpp.server exited {process.returncode}: {log_path.read_text()[-2000:]}"
-            )
-        try:
-            if httpx.get(url, headers=headers, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"llama_cpp.server not serving after {timeout_s}s (log: {log_path})")

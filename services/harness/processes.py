@@ -7,12 +7,35 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
 import httpx
 
 KBATCH = str(Path(sys.executable).with_name("kbatch"))
+
+
+def wait_serving(
+    url: str,
+    timeout_s: float,
+    process: subprocess.Popen[bytes] | None = None,
+    headers: dict[str, str] | None = None,
+    describe: Callable[[], str] = lambda: "",
+) -> None:
+    """Poll `url` until it answers 200; fail at once if `process` exits meanwhile.
+    `describe()` (a log tail, say) is added to the failure."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"exited {process.returncode} before {url} answered: {describe()}")
+        try:
+            if httpx.get(url, headers=headers, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} not answering after {timeout_s}s: {describe()}")
 
 
 class ServiceProcess:
@@ -34,17 +57,7 @@ class ServiceProcess:
         return self.log_path.read_text(errors="replace")
 
     def wait_healthy(self, url: str, timeout_s: float = 60) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"{self.args} exited {self.process.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(url, timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"{self.args} not healthy in {timeout_s}s:\n{self.log()}")
+        wait_serving(url, timeout_s, self.process, describe=lambda: f"{self.args}:\n{self.log()}")
 
     def terminate(self, timeout_s: float = 30) -> int:
         """SIGTERM, wait, and return the exit code (SIGKILL only if it hangs)."""

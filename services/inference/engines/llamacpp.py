@@ -37,7 +37,9 @@ from services.errors import (
 )
 from services.inference.engines.base import EngineOutput, EngineRequest
 from services.inference.engines.openai_params import (
+    EMBEDDINGS,
     chat_messages,
+    check_task,
     is_context_length_error,
     sampling_kwargs,
 )
@@ -46,7 +48,6 @@ from services.inference.settings import InferenceOptions, LlamaCppEngineOptions
 # OpenAI's documented defaults; llama-cpp-python's own (temperature 0.2, top_p 0.95)
 # would answer a line that sets neither differently from every other engine.
 OPENAI_SAMPLING_DEFAULTS = {"temperature": 1.0, "top_p": 1.0}
-_EMBEDDINGS = "/v1/embeddings"
 
 
 def llama_arguments(request: EngineRequest) -> dict[str, Any]:
@@ -176,7 +177,7 @@ class LlamaCppEngine:
         self._threads.clear()
 
     async def generate(self, request: EngineRequest) -> EngineOutput:
-        self._check_task(request)
+        check_task(self.name, self._options.task, self.served_model, request.endpoint)
         loop = asyncio.get_running_loop()
         job = _Job(request, loop.create_future(), loop)
         self._jobs.put(job)
@@ -186,19 +187,9 @@ class LlamaCppEngine:
         finally:
             self._running -= 1
 
-    def _check_task(self, request: EngineRequest) -> None:
-        embedding_worker = self._options.task == "embed"
-        if (request.endpoint == _EMBEDDINGS) != embedding_worker:
-            loaded = "embeddings" if embedding_worker else "generation"
-            raise InvalidRequestError(
-                f"this worker runs {self.served_model} for {loaded}; {request.endpoint} "
-                f"requests need a worker with KBATCH_INFERENCE__LLAMACPP__TASK="
-                f"{'generate' if embedding_worker else 'embed'}"
-            )
-
     def _run(self, instance: llama_cpp.Llama, request: EngineRequest) -> EngineOutput:
         try:
-            if request.endpoint == _EMBEDDINGS:
+            if request.endpoint == EMBEDDINGS:
                 return self._embed(instance, request)
             if request.messages is not None:
                 chat = instance.create_chat_completion(

@@ -5,7 +5,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from services.errors import InvalidRequestError
 from services.inference.engines.base import SAMPLING_FIELDS, EngineRequest
+
+EMBEDDINGS = "/v1/embeddings"
 
 # OpenAI's legacy completions default; kbatch applies it to every endpoint so that a line
 # without max_tokens costs the same on every engine instead of running to the context length.
@@ -42,3 +45,16 @@ def chat_messages(request: EngineRequest) -> list[dict[str, str]]:
 def is_context_length_error(message: str) -> bool:
     """Whether an engine's refusal says the prompt (plus max_tokens) exceeds its context."""
     return _CONTEXT_LENGTH.search(message) is not None
+
+
+def check_task(engine: str, task: str, served_model: str, endpoint: str) -> None:
+    """Refuse a request the loaded task cannot answer: embeddings need an `embed` worker,
+    completions a `generate` one (the model is loaded for one or the other)."""
+    embedding_worker = task == "embed"
+    if (endpoint == EMBEDDINGS) != embedding_worker:
+        loaded = "embeddings" if embedding_worker else "generation"
+        raise InvalidRequestError(
+            f"this worker runs {served_model} for {loaded}; {endpoint} requests need a "
+            f"worker with KBATCH_INFERENCE__{engine.upper()}__TASK="
+            f"{'generate' if embedding_worker else 'embed'}"
+        )

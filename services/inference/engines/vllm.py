@@ -32,7 +32,9 @@ from services.errors import (
 )
 from services.inference.engines.base import EngineOutput, EngineRequest
 from services.inference.engines.openai_params import (
+    EMBEDDINGS,
     chat_messages,
+    check_task,
     is_context_length_error,
     sampling_kwargs,
 )
@@ -44,7 +46,6 @@ from services.inference.engines.vllm_mapping import (
 )
 from services.inference.settings import InferenceOptions, VllmEngineOptions
 
-_EMBEDDINGS = "/v1/embeddings"
 # A chat template already wrote the model's special tokens (BOS); like vLLM's own chat
 # path, the templated text is tokenized without adding them a second time.
 _TEMPLATED_TOKENIZATION = {"add_special_tokens": False}
@@ -115,10 +116,10 @@ class VllmEngine:
 
     async def generate(self, request: EngineRequest) -> EngineOutput:
         engine = self._require()
-        self._check_task(request)
+        check_task(self.name, self._options.task, self.served_model, request.endpoint)
         self._running += 1
         try:
-            if request.endpoint == _EMBEDDINGS:
+            if request.endpoint == EMBEDDINGS:
                 return await self._embed(engine, request)
             return await self._complete(engine, request)
         except asyncio.CancelledError:
@@ -194,16 +195,6 @@ class VllmEngine:
         if final.error is not None:
             raise engine_error(final.error.to_exception())
         return embedding_output(final.prompt_token_ids, final.outputs.data.tolist())
-
-    def _check_task(self, request: EngineRequest) -> None:
-        embedding_worker = self._options.task == "embed"
-        if (request.endpoint == _EMBEDDINGS) != embedding_worker:
-            loaded = "embeddings" if embedding_worker else "generation"
-            raise InvalidRequestError(
-                f"this worker runs {self.served_model} for {loaded}; {request.endpoint} "
-                f"requests need a worker with KBATCH_INFERENCE__VLLM__TASK="
-                f"{'generate' if embedding_worker else 'embed'}"
-            )
 
     def _require(self) -> AsyncLLM:
         if self._engine is None:
