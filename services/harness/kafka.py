@@ -14,10 +14,12 @@ from services.kafka.topics import ensure_topics, topic_catalog
 from services.settings import TopicSettings
 
 
-def unique_topics(bootstrap: str, **partitions: int) -> TopicSettings:
-    """A fresh set of kbatch topics with a unique prefix, created on the broker."""
-    topics = TopicSettings(prefix=f"t{uuid.uuid4().hex[:10]}", **partitions)
-    ensure_topics(AdminClient({"bootstrap.servers": bootstrap}), topic_catalog(topics))
+def unique_topics(bootstrap: str, **settings: int) -> TopicSettings:
+    """A fresh set of kbatch topics with a unique prefix, created on the broker
+    (`settings`: partition counts, replication_factor)."""
+    topics = TopicSettings(prefix=f"t{uuid.uuid4().hex[:10]}", **settings)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    ensure_topics(admin, topic_catalog(topics), topics.replication_factor)
     return topics
 
 

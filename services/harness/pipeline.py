@@ -150,6 +150,7 @@ def shared_env(bootstrap: str, topics: TopicSettings) -> dict[str, str]:
         "KBATCH_TOPICS__LOW_PARTITIONS": str(topics.low_partitions),
         "KBATCH_TOPICS__RESULTS_PARTITIONS": str(topics.results_partitions),
         "KBATCH_TOPICS__DLQ_PARTITIONS": str(topics.dlq_partitions),
+        "KBATCH_TOPICS__REPLICATION_FACTOR": str(topics.replication_factor),
     }
 
 

@@ -26,7 +26,8 @@ class PartitionAtLeastOnce:
         self._producer: Producer | None = None
 
     def open(self) -> None:
-        self._producer = Producer(self._config)
+        if self._producer is None:
+            self._producer = Producer(self._config)
 
     def commit(
         self, records: list[OutRecord], offset: TopicPartition, _group_metadata: Any

@@ -11,6 +11,7 @@ from typing import Any
 from starlette.applications import Starlette
 
 from services import build_info
+from services.errors import DeliveryError
 from services.inference import metrics
 from services.inference.engines import build_engine
 from services.inference.following import (
@@ -63,7 +64,11 @@ class GpuWatch:
 
 def _health(worker: Worker, gpu: GpuWatch) -> tuple[bool, dict[str, Any]]:
     healthy = worker.dead_reason is None and worker.accepting_work
+    # Degraded is still alive (200): it is retrying against the cluster, not stuck.
+    status = "ok" if not worker.degraded else "degraded"
     return healthy, {
+        "status": status if healthy else "unhealthy",
+        "degraded": dict(worker.degraded),
         "worker_id": worker.options.worker_id,
         "engine": worker.engine.name,
         "served_model": worker.engine.served_model,
@@ -90,7 +95,8 @@ async def _run(settings: InferenceSettings) -> int:
     server = make_server(app, options.http_host, options.http_port)
     server_stop = asyncio.Event()
     with contextlib.ExitStack() as stack:
-        producer = stack.enter_context(AsyncProducer(settings.kafka_config(**{"linger.ms": 0})))
+        producer = AsyncProducer(settings.kafka_config(**{"linger.ms": 0})).__enter__()
+        stack.callback(_close_heartbeats, producer)
         heartbeats = HeartbeatPublisher(
             producer,
             settings.topics.heartbeats,
@@ -115,9 +121,20 @@ async def _run(settings: InferenceSettings) -> int:
             await asyncio.gather(*tasks, return_exceptions=True)
         # Its last word: the scheduler hands its partitions on without waiting for a timeout.
         heartbeats.snapshot = lambda: _heartbeat(worker, gpu, leaving=True)
-        await heartbeats.send()
+        try:
+            await heartbeats.send()
+        except DeliveryError as exc:
+            log.warning("last heartbeat not delivered; the scheduler times out", error=str(exc))
     log.info("worker exiting", code=code)
     return code
+
+
+def _close_heartbeats(producer: AsyncProducer) -> None:
+    """Heartbeats are snapshots: one the cluster could not take is not worth a crash."""
+    try:
+        producer.close(timeout_s=5)
+    except DeliveryError as exc:
+        log.warning("heartbeats unacknowledged at exit", error=str(exc))
 
 
 def _heartbeat(worker: Worker, gpu: GpuWatch, leaving: bool) -> dict[str, Any]:

@@ -46,14 +46,29 @@ class PartitionTransactions:
         self._config = {**config, "transactional.id": txn_id}
         self._timeout_s = timeout_s
         self._producer: Producer | None = None
+        self._ready = False  # init_transactions succeeded on the current producer
 
     def open(self) -> None:
-        """Create the producer and fence any previous owner of this partition."""
-        self._producer = Producer(self._config)
+        """Create the producer and fence any previous owner of this partition.
+
+        A retryable failure (the cluster slow or without a transaction coordinator)
+        keeps the producer: librdkafka asks for init_transactions to be called again
+        on it, which resumes the same initialisation. Idempotent once it succeeded.
+        """
+        if self._ready:
+            return
+        if self._producer is None:
+            self._producer = Producer(self._config)
         try:
             self._producer.init_transactions(self._timeout_s)
         except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if error.fatal() or not error.retriable():
+                self._producer = None
+                if error.fatal():
+                    raise ProducerFatalError(f"{self.txn_id}: {error.str()}") from exc
             raise self._translate(exc) from exc
+        self._ready = True
 
     def commit(self, records: list[OutRecord], offset: TopicPartition, group_metadata: Any) -> None:
         """Publish `records` and commit `offset` in one transaction, or neither."""
@@ -68,7 +83,7 @@ class PartitionTransactions:
             error = self._translate(exc)
             if isinstance(error, FencedError):
                 # Unusable from now on; its transaction belongs to the new owner's epoch.
-                self._producer = None
+                self._producer, self._ready = None, False
                 raise error from exc
             if exc.args[0].fatal():
                 self._discard(exc)
@@ -83,13 +98,13 @@ class PartitionTransactions:
 
     def _discard(self, exc: KafkaException) -> NoReturn:
         """Only a new producer's init_transactions() can end what this one left open."""
-        self._producer = None
+        self._producer, self._ready = None, False
         raise ProducerFatalError(f"{self.txn_id}: {exc.args[0].str()}") from exc
 
     def close(self) -> None:
         if self._producer is not None:
             self._producer.flush(self._timeout_s)
-            self._producer = None
+            self._producer, self._ready = None, False
 
     def _require(self) -> Producer:
         if self._producer is None:

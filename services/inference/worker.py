@@ -14,6 +14,7 @@ Design notes:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +50,7 @@ from services.inference.settings import (
 )
 from services.inference.transactions import PartitionTransactions, transactional_id
 from services.kafka.lag import end_offsets
+from services.kafka.retries import KAFKA_RETRIES, jittered_backoff_s
 from services.kafka.stats import stats_config
 from services.lifecycle import exit_now, wait_event
 from services.logs import get_logger
@@ -90,6 +92,11 @@ class Worker:
         self.dead_reason: str | None = None
         self._consumer: Consumer | None = None
         self._group_metadata: Any = None
+        # Partitions being taken (their producers kept for a retry to resume) and the
+        # failures in a row of each with the loop time of its next try.
+        self._taking: dict[int, PartitionTransactions | PartitionAtLeastOnce] = {}
+        self._take_failures: dict[int, tuple[int, float]] = {}
+        self.degraded: dict[str, str] = {}  # what is being retried, for /healthz
         # Each request's task, with its partition and job: cancelled with either.
         self._tasks: dict[asyncio.Task[None], tuple[int, str]] = {}
         self._in_flight = 0
@@ -136,18 +143,25 @@ class Worker:
 
     # -- main loop ------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> int:
-        """Run until `stop` (exit 0 after draining) or engine death (exit 3)."""
-        self._consumer = Consumer(self._consumer_config())
-        self._group_metadata = self._consumer.consumer_group_metadata()
-        await self.engine.start()
-        metrics.ENGINE_CONCURRENCY.set(self.engine.max_concurrency)
+        """Run until `stop` (exit 0 after draining) or engine death (exit 3). The
+        consumer, the engine and every transactional producer are closed on every exit."""
+        async with contextlib.AsyncExitStack() as resources:
+            self._consumer = Consumer(self._consumer_config())
+            resources.callback(self._close_consumer)
+            resources.push_async_callback(self._close_producers)
+            self._group_metadata = self._consumer.consumer_group_metadata()
+            await self.engine.start()
+            resources.push_async_callback(self.engine.close)
+            metrics.ENGINE_CONCURRENCY.set(self.engine.max_concurrency)
+            return await self._serve(stop)
+
+    async def _serve(self, stop: asyncio.Event) -> int:
         stop_committing, stop_probing = asyncio.Event(), asyncio.Event()
         committer = asyncio.create_task(self._commit_loop(stop_committing), name="committer")
         prober = asyncio.create_task(self._probe_ends(stop_probing), name="end-offsets")
         try:
             while not stop.is_set() and self.dead_reason is None:
-                if self.desired != set(self.owned):
-                    await self._reconcile()
+                if self.desired != set(self.owned) and await self._reconcile():
                     self.on_ownership_changed()
                 await self._consume_once(stopping=False)
                 self._update_gauges()
@@ -326,25 +340,55 @@ class Worker:
             exit_now(EXIT_TRANSACTION_HUNG)
 
     # -- ownership ------------------------------------------------------------
-    async def _reconcile(self) -> None:
+    async def _reconcile(self) -> bool:
+        """Release what is no longer desired, take what is newly desired; whether the
+        owned set changed. A take that fails retryably is tried again after a back-off."""
+        before = set(self.owned)
         for partition in sorted(set(self.owned) - self.desired):
             part = self.owned.get(partition)
             if part is not None:  # a concurrent commit may have lost it to fencing meanwhile
                 await self._release(part)
+        for partition in sorted(set(self._taking) - self.desired):
+            await asyncio.to_thread(self._taking.pop(partition).close)
+            self._take_failures.pop(partition, None)
+        now = asyncio.get_running_loop().time()
+        due = [
+            p
+            for p in sorted(self.desired - set(self.owned))
+            if self._take_failures.get(p, (0, 0.0))[1] <= now
+        ]
         # Taking a partition waits on init_transactions (the fence): do them together.
-        await asyncio.gather(*(self._take(p) for p in sorted(self.desired - set(self.owned))))
+        await asyncio.gather(*(self._take_or_retry(p) for p in due))
         metrics.OWNED_PARTITIONS.set(len(self.owned))
+        return set(self.owned) != before
+
+    async def _take_or_retry(self, partition: int) -> None:
+        try:
+            await self._take(partition)
+        except (KafkaUnavailableError, ProducerFatalError, KafkaException) as exc:
+            failures = self._take_failures.get(partition, (0, 0.0))[0] + 1
+            delay = jittered_backoff_s(failures)
+            retry_at = asyncio.get_running_loop().time() + delay
+            self._take_failures[partition] = (failures, retry_at)
+            KAFKA_RETRIES.labels("inference", "take_partition").inc()
+            self.degraded[f"partition {partition}"] = f"not taken yet: {exc}"
+            log.warning(
+                "partition not taken; retrying",
+                partition=partition,
+                failures=failures,
+                retry_in_s=round(delay, 2),
+                error=str(exc),
+            )
+        else:
+            self._take_failures.pop(partition, None)
+            self.degraded.pop(f"partition {partition}", None)
 
     async def _take(self, partition: int) -> None:
+        """Fence the previous owner, read the committed offset, start consuming. A
+        failure keeps the producer being initialised, for the retry to resume."""
         consumer = self._require_consumer()
-        config = self.settings.kafka_config(**self._producer_overrides())
-        txn: PartitionTransactions | PartitionAtLeastOnce = (
-            PartitionTransactions(
-                config, transactional_id(self.settings.topics.prefix, self.topic, partition)
-            )
-            if self.options.transactions
-            else PartitionAtLeastOnce(config, consumer)
-        )
+        txn = self._taking.get(partition) or self._committer(partition)
+        self._taking[partition] = txn
         await asyncio.to_thread(txn.open)  # fences the previous owner first
         tp = TopicPartition(self.topic, partition)
         [committed] = await asyncio.to_thread(consumer.committed, [tp], 30)
@@ -352,6 +396,7 @@ class Worker:
         if start < 0:
             low, _ = await asyncio.to_thread(consumer.get_watermark_offsets, tp, 30, False)
             start = low
+        del self._taking[partition]
         self.owned[partition] = OwnedPartition(partition, txn, PartitionProgress(start), start)
         consumer.incremental_assign(
             [TopicPartition(self.topic, partition, start or OFFSET_BEGINNING)]
@@ -360,6 +405,13 @@ class Worker:
         # worker paused while releasing it earlier would stay silent when taken back.
         consumer.resume([TopicPartition(self.topic, partition)])
         log.info("partition taken", partition=partition, offset=start)
+
+    def _committer(self, partition: int) -> PartitionTransactions | PartitionAtLeastOnce:
+        config = self.settings.kafka_config(**self._producer_overrides())
+        if self.options.transactions:
+            txn_id = transactional_id(self.settings.topics.prefix, self.topic, partition)
+            return PartitionTransactions(config, txn_id)
+        return PartitionAtLeastOnce(config, self._require_consumer())
 
     async def _release(self, part: OwnedPartition) -> None:
         """Stop taking records, let in-flight ones finish (bounded), commit, hand over."""
@@ -391,7 +443,6 @@ class Worker:
         await self.commit_all()
         for part in list(self.owned.values()):
             await self._forget(part)
-        await self._close()
         log.info("drained", abandoned=abandoned)
 
     async def _die(self) -> None:
@@ -399,7 +450,6 @@ class Worker:
         await self._cancel_tasks()
         for part in list(self.owned.values()):
             await self._forget(part)
-        await self._close()
 
     async def _finish_in_flight(self, remaining: Callable[[], int]) -> None:
         """Wait, up to the drain grace period, until `remaining()` requests are left."""
@@ -414,11 +464,16 @@ class Worker:
             task.cancel()
         await asyncio.gather(*doomed, return_exceptions=True)
 
-    async def _close(self) -> None:
-        await self.engine.close()
+    def _close_consumer(self) -> None:
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
+
+    async def _close_producers(self) -> None:
+        """Producers of partitions still owned (an exit past drain) or still being taken."""
+        for txn in [*(part.txn for part in self.owned.values()), *self._taking.values()]:
+            await asyncio.to_thread(txn.close)
+        self._taking.clear()
 
     # -- helpers --------------------------------------------------------------
     def _set_paused(self, wanted: set[int]) -> None:

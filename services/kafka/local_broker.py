@@ -37,6 +37,21 @@ class BrokerLayout:
     port: int = 9092
     controller_port: int = 9093
     jar_cache: Path | None = None  # shared jar directory; default: inside `home`
+    node_id: int = 1
+    # A cluster's controllers as (node id, controller port), all on `host`; empty: alone.
+    voters: tuple[tuple[int, int], ...] = ()
+    cluster_id: str | None = None  # shared by a cluster's nodes; alone: made at format
+
+    @property
+    def replication(self) -> int:
+        return min(3, max(1, len(self.voters)))
+
+    @property
+    def quorum(self) -> str:
+        if not self.voters:
+            return f"controller.quorum.bootstrap.servers={self.host}:{self.controller_port}"
+        voters = ",".join(f"{node}@{self.host}:{port}" for node, port in self.voters)
+        return f"controller.quorum.voters={voters}"
 
     @property
     def jars(self) -> Path:
@@ -114,6 +129,10 @@ def _write_config(layout: BrokerLayout) -> None:
             port=layout.port,
             controller_port=layout.controller_port,
             data_dir=layout.data,
+            node_id=layout.node_id,
+            quorum=layout.quorum,
+            replication=layout.replication,
+            min_isr=2 if layout.replication >= 3 else 1,
         )
     )
 
@@ -123,12 +142,13 @@ def format_storage(layout: BrokerLayout) -> None:
     if (layout.data / "meta.properties").exists():
         return
     layout.data.mkdir(parents=True, exist_ok=True)
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    cluster_id = layout.cluster_id or new_cluster_id()
     command = _java_command(
         layout,
         "kafka.tools.StorageTool",
         "format",
-        "--standalone",
+        # A static voter set (controller.quorum.voters) is formatted without --standalone.
+        *(() if layout.voters else ("--standalone",)),
         # "=" form: a base64 id may begin with "-", which argparse would take for an option.
         f"--cluster-id={cluster_id}",
         f"--config={layout.config}",
@@ -136,6 +156,10 @@ def format_storage(layout: BrokerLayout) -> None:
     completed = subprocess.run(command, capture_output=True, text=True, check=False)
     if completed.returncode != 0:
         raise ConfigurationError(f"storage format failed:\n{completed.stdout}{completed.stderr}")
+
+
+def new_cluster_id() -> str:
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
 def running_pid(layout: BrokerLayout) -> int | None:
@@ -173,6 +197,13 @@ def up(layout: BrokerLayout, timeout_s: float = 120.0) -> str:
     """Start the broker in the background; return its bootstrap address once it answers."""
     if running_pid(layout) is not None and answers_metadata(layout.bootstrap):
         return layout.bootstrap
+    process = start(layout)
+    wait_answering(layout, process, timeout_s)
+    return layout.bootstrap
+
+
+def start(layout: BrokerLayout) -> subprocess.Popen[bytes]:
+    """Start the broker process (formatting its storage the first time); do not wait."""
     for directory in (layout.home, layout.logs):
         directory.mkdir(parents=True, exist_ok=True)
     fetch_jars(layout)
@@ -188,24 +219,31 @@ def up(layout: BrokerLayout, timeout_s: float = 120.0) -> str:
         )
     _children[process.pid] = process
     layout.pid_file.write_text(str(process.pid))
+    return process
+
+
+def wait_answering(
+    layout: BrokerLayout, process: subprocess.Popen[bytes], timeout_s: float = 120.0
+) -> None:
+    """Until the broker answers metadata; stopped and raised if it exits or takes too long."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             log = (layout.logs / "stdout.log").read_text(errors="replace")[-4000:]
             raise KafkaUnavailableError(f"broker exited with {process.returncode}:\n{log}")
         if answers_metadata(layout.bootstrap):
-            return layout.bootstrap
+            return
         time.sleep(0.5)
     down(layout)
     raise KafkaUnavailableError(f"broker did not answer within {timeout_s}s")
 
 
-def down(layout: BrokerLayout, timeout_s: float = 30.0) -> bool:
-    """Stop the broker cleanly (SIGTERM, then SIGKILL after `timeout_s`)."""
+def down(layout: BrokerLayout, timeout_s: float = 30.0, sig: int = signal.SIGTERM) -> bool:
+    """Stop the broker: SIGTERM (then SIGKILL after `timeout_s`), or `sig` (kill -9)."""
     pid = running_pid(layout)
     if pid is None:
         return False
-    os.kill(pid, signal.SIGTERM)
+    os.kill(pid, sig)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if running_pid(layout) is None:

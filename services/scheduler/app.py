@@ -55,6 +55,9 @@ class SchedulerService:
             store="memory://",
             processing_guarantee=self.options.processing_guarantee,
             topic_partitions=1,
+            # Its changelog topics need the cluster's replication, or one broker down
+            # stalls the scheduler's tables.
+            topic_replication_factor=topics.replication_factor,
             datadir=self.options.data_dir,
             web_host=self.options.http_host,
             web_port=self.options.http_port,

@@ -17,6 +17,7 @@ import httpx
 from confluent_kafka import Consumer, TopicPartition
 
 from services.codec import DEAD_LETTER, RESULT, codec
+from services.harness.cluster import Cluster
 from services.harness.kafka import unique_topics, wait_for
 from services.harness.pipeline import (
     Outcomes,
@@ -99,9 +100,10 @@ class ResultsTail:
 
 @dataclass
 class ChaosRig:
-    broker: local_broker.BrokerLayout
+    broker: local_broker.BrokerLayout | None  # the rig's own single broker, or
     log_dir: Path
     engine: dict[str, str]
+    cluster: Cluster | None = None  # a 3-node cluster (topics replicated 3 times)
     topics: TopicSettings = field(init=False)
     records: list[dict[str, Any]] = field(default_factory=list)
     workers: dict[str, ServiceProcess] = field(default_factory=dict)
@@ -114,11 +116,18 @@ class ChaosRig:
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.broker.port}"
+        if self.cluster is not None:
+            return self.cluster.bootstrap
+        assert self.broker is not None
+        return self.broker.bootstrap
 
     def start(self, requests: int, workers: int = 2, capacity: int = 6) -> None:
         self.topics = unique_topics(
-            self.bootstrap, high_partitions=2, normal_partitions=2, low_partitions=2
+            self.bootstrap,
+            high_partitions=2,
+            normal_partitions=2,
+            low_partitions=2,
+            replication_factor=3 if self.cluster is not None else 1,
         )
         self.records = [request_record(JOB, i, max_tokens=12) for i in range(requests)]
         # Normal and low lanes only: the high lane stays free for the ingest scenario's batch.

@@ -102,6 +102,7 @@ def kill_scheduler(rig: ChaosRig) -> float:
 def restart_broker(rig: ChaosRig) -> float:
     committed = rig.done()
     since = time.monotonic()
+    assert rig.broker is not None, "the single-broker restart needs the rig's own broker"
     local_broker.down(rig.broker)
     time.sleep(2)
     local_broker.up(rig.broker)

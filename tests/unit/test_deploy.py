@@ -43,6 +43,8 @@ def test_compose_services_ports_env_and_gpus() -> None:
         "prometheus",
         "grafana",
     } <= set(services)
+    for name in ("ingest", "scheduler", "inference-0", "inference-1"):
+        assert services[name]["restart"] == "unless-stopped", name
     unknown = kbatch_env_names(compose) - KNOWN
     assert unknown == set(), f"compose sets unknown settings {unknown}"
     for name in ("inference-0", "inference-1"):

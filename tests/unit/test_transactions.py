@@ -81,3 +81,39 @@ def test_fencing_is_not_aborted_and_not_retried() -> None:
     with pytest.raises(FencedError):
         commit_with(producer)
     assert "abort" not in producer.calls
+
+
+class InitScript:
+    """init_transactions answers with each scripted error in turn, then succeeds."""
+
+    def __init__(self, *errors: KafkaError) -> None:
+        self.errors = list(errors)
+        self.calls = 0
+
+    def init_transactions(self, *args: Any) -> None:
+        self.calls += 1
+        if self.errors:
+            raise KafkaException(self.errors.pop(0))
+
+
+def test_a_timed_out_init_is_resumed_on_the_same_producer() -> None:
+    timed_out = KafkaError(KafkaError._TIMED_OUT, "retry call to resume", retriable=True)
+    producer = InitScript(timed_out, timed_out)
+    txn = PartitionTransactions({}, "t.inference.requests.0")
+    txn._producer = producer  # type: ignore[assignment]
+    for _ in range(2):
+        with pytest.raises(KafkaUnavailableError):
+            txn.open()
+        assert txn._producer is producer  # kept: the next call resumes it
+    txn.open()
+    txn.open()  # idempotent once initialised
+    assert producer.calls == 3
+
+
+def test_a_fatal_init_drops_the_producer() -> None:
+    fatal = KafkaError(KafkaError._FATAL, "fenced at init", fatal=True)
+    txn = PartitionTransactions({}, "t.inference.requests.0")
+    txn._producer = InitScript(fatal)  # type: ignore[assignment]
+    with pytest.raises(ProducerFatalError):
+        txn.open()
+    assert txn._producer is None
