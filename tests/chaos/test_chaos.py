@@ -41,6 +41,8 @@ def test_every_request_once_through_every_fault_in_turn(rig: ChaosRig) -> None:
     rig.wait_progress(300, "first results")
     recovered: dict[str, float] = {}
     for name, fault in SCENARIOS.items():
+        if name == "broker restart":
+            continue  # test_cluster.py restarts every broker of a 3-node cluster instead
         started = time.monotonic()
         recovered[name] = fault(rig)
         rig.wait_progress(200, f"progress after {name}")

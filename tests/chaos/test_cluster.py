@@ -4,7 +4,8 @@ Every broker is restarted in turn (SIGTERM, kill -9, SIGTERM), then two of the t
 are killed for 75 s: no controller quorum and under min ISR 2, so every produce,
 transaction and init_transactions fails or times out past the workers' 30 s
 timeouts. The job stalls, then resumes by itself: every request ends exactly once
-(read_committed), the scheduler's count agrees, and no service process exits.
+(read_committed), the scheduler's count agrees, and no service process exits. A
+worker started during the outage takes its partitions by retrying.
 """
 
 from __future__ import annotations
@@ -14,13 +15,25 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from services.harness.cluster import running_cluster
+from services.harness.kafka import unique_topics
+from services.harness.pipeline import outcomes, publish, request_record, start_worker
 from tests.chaos.rig import ROOT, ChaosRig
 
 ENGINE = {"SIMULATED__STEP_S": "0.02", "SIMULATED__MAX_NUM_SEQS": "8"}  # ~70 requests/s
 OUTAGE_S = 75
+SIDE_LANES = {"high_partitions": 1, "normal_partitions": 1, "low_partitions": 1}
+
+
+def retries(worker_url: str, operation: str) -> float:
+    """The worker's kbatch_kafka_retries_total for one operation."""
+    for line in httpx.get(f"{worker_url}/metrics", timeout=5).text.splitlines():
+        if line.startswith("kbatch_kafka_retries_total{") and f'operation="{operation}"' in line:
+            return float(line.split()[-1])
+    return 0.0
 
 
 @pytest.fixture
@@ -48,13 +61,26 @@ def test_a_rolling_restart_and_a_lost_quorum_lose_nothing_and_kill_no_service(
         cluster.start(index)
         rig.wait_progress(200, f"progress after restarting node {index + 1}", timeout_s=240)
         timings[f"node {index + 1} ({sig.name})"] = time.monotonic() - started
+    # A worker that starts during the outage must take its partitions (init_transactions
+    # with no transaction coordinator) by retrying, not die.
+    side = unique_topics(rig.bootstrap, replication_factor=3, **SIDE_LANES)
+    side_records = [request_record("side", i, max_tokens=4) for i in range(200)]
+    publish(rig.bootstrap, side, side_records)
     started = time.monotonic()
     cluster.stop(0, signal.SIGKILL)
     cluster.stop(1, signal.SIGKILL)
+    late, late_url = start_worker(rig.bootstrap, side, rig.log_dir, "late", "0-2", **ENGINE)
     time.sleep(OUTAGE_S)  # time is the fault: an outage longer than every client timeout
     cluster.start(0, 1)
     rig.wait_progress(200, "progress after the quorum came back", timeout_s=300)
     timings["quorum lost for 75 s"] = time.monotonic() - started
+    try:
+        found = outcomes(rig.bootstrap, side, expect=len(side_records), timeout_s=300)
+        take_retries = retries(late_url, "take_partition")
+    finally:
+        assert late.terminate() == 0, late.log()
+    assert found.result_ids() == {r["request_id"]: 1 for r in side_records}
+    assert take_retries > 0, "the late worker never had to retry a take"
     verdict = rig.verdict(timeout_s=400)
     print(f"seconds from fault to progress: {timings}; {verdict}")
     assert verdict.lost == 0, f"{verdict.lost} requests lost"

@@ -44,10 +44,11 @@ def prometheus(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(yaml.safe_dump({"global": {"scrape_interval": "1s"}}))
+    executable = binary("prometheus")  # before the log opens: a failure leaks no file
     log = (tmp_path / "prometheus.log").open("wb")
     process = subprocess.Popen(
         [
-            binary("prometheus"),
+            executable,
             f"--config.file={config}",
             f"--storage.tsdb.path={tmp_path / 'tsdb'}",
             f"--web.listen-address=127.0.0.1:{port}",
