@@ -12,14 +12,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
-from confluent_kafka import KafkaException, Producer
-
 from services.dlq.records import DeadLetter
-from services.errors import KafkaUnavailableError
+from services.errors import KafkaUnavailableError, ProducerFatalError
 from services.inference.outputs import REPLAYS_HEADER
 from services.kafka.compacted import read_latest
+from services.kafka.retries import KAFKA_RETRIES, jittered_backoff_s
+from services.kafka.transactions import OutRecord, TransactionalProducer
 
 
 @dataclass(frozen=True)
@@ -66,14 +67,25 @@ def replayed_coordinates(kafka_config: dict[str, Any], markers_topic: str) -> se
 
 
 class Replayer:
-    """Publishes planned dead letters in transactions of `batch_size`, at most `rate`/s."""
+    """Publishes planned dead letters in transactions of `batch_size`, at most `rate`/s.
+
+    A chunk whose transaction fails retryably (a broker restarting, no coordinator for a
+    while) was aborted, so it is published again after a capped back-off: up to
+    `max_attempts` times, counted in kbatch_kafka_retries_total{service="dlq"}.
+    """
 
     def __init__(
-        self, kafka_config: dict[str, Any], requests_topic: str, markers_topic: str, txn_id: str
+        self,
+        kafka_config: dict[str, Any],
+        requests_topic: str,
+        markers_topic: str,
+        txn_id: str,
+        max_attempts: int = 8,
     ) -> None:
-        self._producer = Producer({**kafka_config, "transactional.id": txn_id})
+        self._transactions = TransactionalProducer(kafka_config, txn_id)
         self._requests_topic = requests_topic
         self._markers_topic = markers_topic
+        self._max_attempts = max_attempts
 
     def run(
         self,
@@ -83,36 +95,56 @@ class Replayer:
         on_progress: Callable[[int], None] = lambda _: None,
     ) -> None:
         try:
-            self._producer.init_transactions(30)
+            self._retrying("init", self._transactions.open)
             started = time.monotonic()
             for first in range(0, len(dead_letters), batch_size):
                 chunk = dead_letters[first : first + batch_size]
-                self._publish(chunk)
+                records = self._records(chunk)
+                self._retrying("replay_commit", partial(self._commit, records))
                 on_progress(len(chunk))
                 if rate:
                     ahead = (first + len(chunk)) / rate - (time.monotonic() - started)
                     time.sleep(max(0.0, ahead))
-        except KafkaException as exc:
-            raise KafkaUnavailableError(f"replay failed: {exc}") from exc
+        finally:
+            self._transactions.close()
 
-    def _publish(self, chunk: list[DeadLetter]) -> None:
-        producer = self._producer
-        producer.begin_transaction()
+    def _commit(self, records: list[OutRecord]) -> None:
+        # A producer dropped after a failed abort is replaced here: its successor's
+        # init_transactions ends whatever the old one left open.
+        self._transactions.open()
+        self._transactions.commit(records, None, None)
+
+    def _retrying(self, operation: str, call: Callable[[], None]) -> None:
+        """`call` until it succeeds, `max_attempts` at most; a fenced replay (another one
+        took over) is never retried."""
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                call()
+                return
+            except (KafkaUnavailableError, ProducerFatalError):
+                if attempt == self._max_attempts:
+                    raise
+                KAFKA_RETRIES.labels("dlq", operation).inc()
+                time.sleep(jittered_backoff_s(attempt))
+
+    def _records(self, chunk: list[DeadLetter]) -> list[OutRecord]:
+        """Each dead letter's original bytes to its original partition, and its marker."""
+        records = []
         for dead in chunk:
             record = dead.record
-            producer.produce(
-                self._requests_topic,
-                record["original_value"],
-                key=record["original_key"],
-                partition=record["original_partition"],
-                headers=[
-                    (REPLAYS_HEADER, str(dead.replays + 1).encode()),
-                    ("kbatch-replay-of", dead.coordinate.encode()),
-                ],
+            headers: list[tuple[str, str | bytes | None]] = [
+                (REPLAYS_HEADER, str(dead.replays + 1).encode()),
+                ("kbatch-replay-of", dead.coordinate.encode()),
+            ]
+            records.append(
+                OutRecord(
+                    self._requests_topic,
+                    record["original_key"],
+                    record["original_value"],
+                    headers,
+                    partition=record["original_partition"],
+                )
             )
-            producer.produce(
-                self._markers_topic,
-                str(int(time.time() * 1000)).encode(),
-                key=dead.coordinate.encode(),
-            )
-        producer.commit_transaction(30)
+            marker = str(int(time.time() * 1000)).encode()
+            records.append(OutRecord(self._markers_topic, dead.coordinate.encode(), marker, []))
+        return records

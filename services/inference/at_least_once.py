@@ -12,12 +12,11 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from services.errors import DeliveryError, KafkaUnavailableError
-from services.inference.outputs import OutRecord
-from services.inference.transactions import produce_record
+from services.kafka.transactions import OutRecord, produce_record
 
 
 class PartitionAtLeastOnce:
-    """Same shape as PartitionTransactions: open, commit, close."""
+    """Same shape as TransactionalProducer: open, commit, close."""
 
     def __init__(self, config: dict[str, Any], consumer: Consumer, timeout_s: float = 30) -> None:
         self._config = {**config, "enable.idempotence": True, "acks": "all"}

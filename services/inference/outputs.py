@@ -8,16 +8,7 @@ from typing import Any
 
 from services.codec import DEAD_LETTER, RESULT, codec
 from services.inference.engines.base import Engine, EngineOutput
-
-
-@dataclass(frozen=True)
-class OutRecord:
-    """One record to produce inside a partition's transaction."""
-
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: list[tuple[str, str | bytes | None]]
+from services.kafka.transactions import OutRecord
 
 
 @dataclass(frozen=True)

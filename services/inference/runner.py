@@ -15,8 +15,9 @@ from services.errors import (
 )
 from services.inference import metrics
 from services.inference.engines.base import Engine, EngineOutput, EngineRequest
-from services.inference.outputs import Origin, OutRecord, dead_letter_record, result_record
+from services.inference.outputs import Origin, dead_letter_record, result_record
 from services.inference.retry import engine_retrying
+from services.kafka.transactions import OutRecord
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,6 @@ from services.inference.engines.base import Engine
 from services.inference.flow import FlowState, lane_gate, paused_partitions, room
 from services.inference.outputs import (
     Origin,
-    OutRecord,
     cancelled_record,
     dead_letter_record,
     replays_of,
@@ -48,10 +47,10 @@ from services.inference.settings import (
     MIN_DEFAULT_UNCOMMITTED,
     InferenceSettings,
 )
-from services.inference.transactions import PartitionTransactions, transactional_id
 from services.kafka.lag import end_offsets
 from services.kafka.retries import KAFKA_RETRIES, jittered_backoff_s
 from services.kafka.stats import stats_config
+from services.kafka.transactions import OutRecord, TransactionalProducer, transactional_id
 from services.lifecycle import exit_now, wait_event
 from services.logs import get_logger
 
@@ -66,7 +65,7 @@ LANE_PROBE_S = 0.5
 @dataclass(eq=False)
 class OwnedPartition:
     partition: int
-    txn: PartitionTransactions | PartitionAtLeastOnce
+    txn: TransactionalProducer | PartitionAtLeastOnce
     progress: PartitionProgress[OutRecord]
     next_offset: int  # of the next record to take: the lane gate's view of its backlog
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -94,7 +93,7 @@ class Worker:
         self._group_metadata: Any = None
         # Partitions being taken (their producers kept for a retry to resume) and the
         # failures in a row of each with the loop time of its next try.
-        self._taking: dict[int, PartitionTransactions | PartitionAtLeastOnce] = {}
+        self._taking: dict[int, TransactionalProducer | PartitionAtLeastOnce] = {}
         self._take_failures: dict[int, tuple[int, float]] = {}
         self.degraded: dict[str, str] = {}  # what is being retried, for /healthz
         # Each request's task, with its partition and job: cancelled with either.
@@ -406,11 +405,11 @@ class Worker:
         consumer.resume([TopicPartition(self.topic, partition)])
         log.info("partition taken", partition=partition, offset=start)
 
-    def _committer(self, partition: int) -> PartitionTransactions | PartitionAtLeastOnce:
+    def _committer(self, partition: int) -> TransactionalProducer | PartitionAtLeastOnce:
         config = self.settings.kafka_config(**self._producer_overrides())
         if self.options.transactions:
             txn_id = transactional_id(self.settings.topics.prefix, self.topic, partition)
-            return PartitionTransactions(config, txn_id)
+            return TransactionalProducer(config, txn_id)
         return PartitionAtLeastOnce(config, self._require_consumer())
 
     async def _release(self, part: OwnedPartition) -> None:

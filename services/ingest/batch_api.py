@@ -9,9 +9,12 @@ progress (or, without a scheduler, from the collector's line counts).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,10 @@ from services.lanes import Lane
 from services.logs import get_logger
 
 log = get_logger("batches")
+
+# Passes over a batch's file for lines Kafka did not acknowledge, before they are errors
+# (a permanent failure, such as a record over the topic's max.message.bytes, never heals).
+MAX_DELIVERY_PASSES = 4
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 
@@ -182,19 +189,44 @@ class BatchApi:
     async def _ingest(self, batch: dict[str, Any], path: Path, tenant: str, priority: Lane) -> None:
         """Push the whole file through validation and admission, resuming after 429s."""
         context = RequestContext(batch["id"], tenant, priority, int(time.time() * 1000))
-        first_line, accepted, errors = 1, 0, []
-        while True:
-            outcome = await Upload(self.publishing, context, first_line).run(
-                _read_from(path, first_line)
+        accepted, errors = 0, []
+        todo = PassLines(resume=1, retry=frozenset())
+        failures: Counter[int] = Counter()  # unacknowledged deliveries per line
+        for attempt in itertools.count(1):
+            start = todo.first()
+            outcome = await Upload(self.publishing, context, start, todo.wants).run(
+                _read_from(path, start)
             )
             accepted += outcome.accepted
             errors += [
                 {"code": r.code, "message": r.reason, "line": r.line, "param": r.custom_id}
                 for r in outcome.rejections
             ]
-            if outcome.refusal is None and not outcome.failed_chunks:
+            failures.update(outcome.failed_lines)
+            refused_at = outcome.resume_from_line if outcome.refusal is not None else None
+            todo = todo.next(refused_at, outcome.failed_lines)
+            given_up = sorted(n for n in todo.retry if failures[n] >= MAX_DELIVERY_PASSES)
+            if given_up:
+                reason = outcome.failed_chunks[0]["error"] if outcome.failed_chunks else None
+                errors += [
+                    {
+                        "code": "delivery_failed",
+                        "message": f"not acknowledged by Kafka {failures[n]} times: {reason}",
+                        "line": n,
+                        "param": None,
+                    }
+                    for n in given_up
+                ]
+                todo = PassLines(todo.resume, todo.retry - set(given_up))
+            if todo.done:
                 break
-            first_line = outcome.resume_from_line or first_line
+            log.warning(
+                "batch lines not published yet; another pass",
+                batch_id=batch["id"],
+                resume_from_line=todo.resume,
+                unacknowledged_lines=len(todo.retry),
+                attempt=attempt,
+            )
             await asyncio.sleep(self.retry_after_s)
         await self.jobs.add(batch["id"], tenant, accepted=accepted, rejected=len(errors), seal=True)
         current = self.batches.get(batch["id"]) or batch
@@ -307,6 +339,35 @@ class BatchApi:
                     "batch_output",
                 ).id
         return updated
+
+
+@dataclass(frozen=True)
+class PassLines:
+    """The lines a pass over a batch file sends: those from `resume` on (None: none) and
+    those in `retry` (whose delivery failed). Pure: every line is sent until accepted or
+    rejected once, and never after."""
+
+    resume: int | None
+    retry: frozenset[int]
+
+    def wants(self, line: int) -> bool:
+        return line in self.retry or (self.resume is not None and line >= self.resume)
+
+    def first(self) -> int:
+        return min([*self.retry, *([self.resume] if self.resume is not None else [])])
+
+    @property
+    def done(self) -> bool:
+        return self.resume is None and not self.retry
+
+    def next(self, refused_at: int | None, failed: Iterable[int]) -> PassLines:
+        """After a pass: a 429 at line `refused_at` left this pass's lines from there on
+        unsent; `failed` lines were sent but not acknowledged."""
+        if refused_at is None:
+            return PassLines(None, frozenset(failed))
+        unsent = {n for n in self.retry if n >= refused_at}
+        resume = None if self.resume is None else max(self.resume, refused_at)
+        return PassLines(resume, frozenset(unsent | set(failed)))
 
 
 async def _read_from(path: Path, first_line: int) -> AsyncIterator[bytes]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,9 +26,13 @@ _MAX_UNCONFIRMED_CHUNKS = 8
 class _Chunk:
     first_line: int
     last_line: int
-    custom_ids: list[str]
+    lines: dict[bytes, tuple[int, str]]  # record key -> (line number, custom_id)
     batch: DeliveryBatch | None = None
     started: float = 0.0
+
+    @property
+    def custom_ids(self) -> list[str]:
+        return [custom_id for _, custom_id in self.lines.values()]
 
 
 @dataclass
@@ -43,6 +47,9 @@ class UploadOutcome:
     refusal: Admission | None = None
     resume_from_line: int | None = None
     failed_chunks: list[dict[str, Any]] = field(default_factory=list)
+    # Valid lines whose records the broker did not acknowledge: neither accepted nor
+    # rejected, free to be sent again (their custom_ids were released).
+    failed_lines: list[int] = field(default_factory=list)
 
     def to_json(self, max_listed: int) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -62,6 +69,7 @@ class UploadOutcome:
             body["resume_from_line"] = self.resume_from_line
         if self.failed_chunks:
             body["failed_chunks"] = self.failed_chunks
+            body["failed_lines"] = sorted(self.failed_lines)
         return body
 
 
@@ -82,10 +90,17 @@ class Publishing:
 class Upload:
     """Processes one streamed upload for one job."""
 
-    def __init__(self, publishing: Publishing, context: RequestContext, first_line: int) -> None:
+    def __init__(
+        self,
+        publishing: Publishing,
+        context: RequestContext,
+        first_line: int,
+        wanted: Callable[[int], bool] = lambda _: True,
+    ) -> None:
         self._p = publishing
         self._context = context
         self._first_line = first_line
+        self._wanted = wanted  # lines not wanted are skipped: a retry pass sends only some
         self._splitter = LineSplitter(publishing.options.max_line_bytes, first_line)
         self._codec = codec(REQUEST)
         self._pending: list[tuple[int, str, bytes, bytes]] = []
@@ -107,6 +122,8 @@ class Upload:
         for raw in lines:
             if self.outcome.refusal is not None:
                 return
+            if not self._wanted(raw.number):
+                continue
             self.outcome.lines += 1
             self._take(raw)
             if len(self._pending) >= self._p.options.chunk_lines:
@@ -143,7 +160,8 @@ class Upload:
             return
         pending, self._pending = self._pending, []
         lane = self._context.priority
-        chunk = _Chunk(pending[0][0], pending[-1][0], [custom_id for _, custom_id, _, _ in pending])
+        lines = {key: (number, custom_id) for number, custom_id, key, _ in pending}
+        chunk = _Chunk(pending[0][0], pending[-1][0], lines)
         backlog = self._p.backlog.backlog(lane)
         admission = (
             Admission(False, "backlog_unknown", "the requests backlog cannot be measured")
@@ -187,7 +205,10 @@ class Upload:
             self.outcome.accepted += chunk.batch.delivered
             metrics.LINES_ACCEPTED.labels(self._context.priority.value).inc(chunk.batch.delivered)
             if chunk.batch.failed:
-                self._p.ledger.release(self._context.job_id, chunk.custom_ids)
+                # Only the records that failed: the delivered ones stay claimed and counted.
+                failed = [chunk.lines[key] for key in chunk.batch.failed_keys if key in chunk.lines]
+                self._p.ledger.release(self._context.job_id, [cid for _, cid in failed])
+                self.outcome.failed_lines += [line for line, _ in failed]
                 self.outcome.failed_chunks.append(
                     {
                         "first_line": chunk.first_line,

@@ -28,13 +28,14 @@ class DeliveryBatch:
         self._sealed = False
         self.delivered = 0
         self.failed = 0
+        self.failed_keys: list[bytes | None] = []  # which records failed, by key
         self.first_error: str | None = None
 
     def add(self) -> None:
         with self._lock:
             self._pending += 1
 
-    def on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
+    def on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         """librdkafka's delivery callback (runs on the poll thread)."""
         with self._lock:
             self._pending -= 1
@@ -42,6 +43,7 @@ class DeliveryBatch:
                 self.delivered += 1
             else:
                 self.failed += 1
+                self.failed_keys.append(msg.key())
                 self.first_error = self.first_error or str(err)
             finished = self._sealed and self._pending == 0
         if finished:

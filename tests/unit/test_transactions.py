@@ -8,8 +8,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from services.errors import FencedError, KafkaUnavailableError, ProducerFatalError
-from services.inference.outputs import OutRecord
-from services.inference.transactions import PartitionTransactions
+from services.kafka.transactions import OutRecord, TransactionalProducer
 
 
 class ScriptedProducer:
@@ -40,8 +39,8 @@ class ScriptedProducer:
         self._call("abort")
 
 
-def commit_with(producer: ScriptedProducer) -> PartitionTransactions:
-    txn = PartitionTransactions({}, "t.inference.requests.0")
+def commit_with(producer: ScriptedProducer) -> TransactionalProducer:
+    txn = TransactionalProducer({}, "t.inference.requests.0")
     txn._producer = producer  # type: ignore[assignment]
     record = OutRecord("results", b"key", b"value", [])
     txn.commit([record], TopicPartition("requests", 0, 10), None)
@@ -60,7 +59,7 @@ def test_a_retriable_failure_aborts_the_open_transaction() -> None:
 
 def test_a_failed_abort_replaces_the_producer() -> None:
     producer = ScriptedProducer({"commit": TIMED_OUT, "abort": TIMED_OUT})
-    txn = PartitionTransactions({}, "t.inference.requests.0")
+    txn = TransactionalProducer({}, "t.inference.requests.0")
     txn._producer = producer  # type: ignore[assignment]
     with pytest.raises(ProducerFatalError):
         txn.commit([], TopicPartition("requests", 0, 10), None)
@@ -99,7 +98,7 @@ class InitScript:
 def test_a_timed_out_init_is_resumed_on_the_same_producer() -> None:
     timed_out = KafkaError(KafkaError._TIMED_OUT, "retry call to resume", retriable=True)
     producer = InitScript(timed_out, timed_out)
-    txn = PartitionTransactions({}, "t.inference.requests.0")
+    txn = TransactionalProducer({}, "t.inference.requests.0")
     txn._producer = producer  # type: ignore[assignment]
     for _ in range(2):
         with pytest.raises(KafkaUnavailableError):
@@ -112,7 +111,7 @@ def test_a_timed_out_init_is_resumed_on_the_same_producer() -> None:
 
 def test_a_fatal_init_drops_the_producer() -> None:
     fatal = KafkaError(KafkaError._FATAL, "fenced at init", fatal=True)
-    txn = PartitionTransactions({}, "t.inference.requests.0")
+    txn = TransactionalProducer({}, "t.inference.requests.0")
     txn._producer = InitScript(fatal)  # type: ignore[assignment]
     with pytest.raises(ProducerFatalError):
         txn.open()

@@ -1,19 +1,20 @@
-"""One transactional producer per owned partition: fencing follows ownership.
+"""The transactional producer: records (and consumed offsets) committed together, or none.
 
-The transactional.id names the partition, not the worker, so whichever worker
-is assigned the partition next fences the previous owner in
-`init_transactions()`; a zombie's next commit then fails with a fencing error.
-Calls block (librdkafka waits on the broker): run them on a thread.
+Used by the worker, one per owned partition (the transactional.id names the
+partition, not the worker, so whoever takes the partition next fences the previous
+owner in `init_transactions()`), and by the DLQ replay tool (one id for the tool).
+A failed commit never leaves a transaction open: it is aborted, or the producer is
+dropped for a new one whose init ends it. Calls block: run them on a thread.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from services.errors import FencedError, KafkaUnavailableError, ProducerFatalError
-from services.inference.outputs import OutRecord
 
 _FENCED = {
     KafkaError._FENCED,
@@ -24,22 +25,44 @@ _FENCED = {
 }
 
 
+# librdkafka's RD_KAFKA_PARTITION_UA: the producer's partitioner chooses (by key).
+ANY_PARTITION = -1
+
+
+@dataclass(frozen=True)
+class OutRecord:
+    """One record to produce inside a transaction."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, str | bytes | None]]
+    partition: int = ANY_PARTITION
+
+
 def produce_record(producer: Producer, record: OutRecord) -> None:
-    """Hand one output to librdkafka, serving delivery callbacks while its queue is full."""
+    """Hand one record to librdkafka, serving delivery callbacks while its queue is full."""
     while True:
         try:
-            producer.produce(record.topic, record.value, key=record.key, headers=record.headers)
+            producer.produce(
+                record.topic,
+                record.value,
+                key=record.key,
+                headers=record.headers,
+                partition=record.partition,
+            )
             return
         except BufferError:
             producer.poll(0.05)
 
 
 def transactional_id(prefix: str, topic: str, partition: int) -> str:
+    """The id of the worker transactions of one requests partition."""
     return f"{prefix}.inference.{topic}.{partition}"
 
 
-class PartitionTransactions:
-    """Commits a partition's outputs and consumed offset together, atomically."""
+class TransactionalProducer:
+    """Commits records, and optionally a consumed offset, together, atomically."""
 
     def __init__(self, config: dict[str, Any], txn_id: str, timeout_s: float = 30) -> None:
         self.txn_id = txn_id
@@ -70,14 +93,17 @@ class PartitionTransactions:
             raise self._translate(exc) from exc
         self._ready = True
 
-    def commit(self, records: list[OutRecord], offset: TopicPartition, group_metadata: Any) -> None:
-        """Publish `records` and commit `offset` in one transaction, or neither."""
+    def commit(
+        self, records: list[OutRecord], offset: TopicPartition | None, group_metadata: Any
+    ) -> None:
+        """Publish `records` and commit `offset` (if any) in one transaction, or neither."""
         producer = self._require()
         try:
             producer.begin_transaction()
             for record in records:
                 produce_record(producer, record)
-            producer.send_offsets_to_transaction([offset], group_metadata, self._timeout_s)
+            if offset is not None:
+                producer.send_offsets_to_transaction([offset], group_metadata, self._timeout_s)
             producer.commit_transaction(self._timeout_s)
         except KafkaException as exc:
             error = self._translate(exc)
