@@ -23,6 +23,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from services.codec import DEAD_LETTER, RESULT, codec
 from services.collector.openai_format import dead_letter_line, result_line
 from services.errors import DecodeError, KafkaUnavailableError
+from services.kafka.retries import KAFKA_RETRIES
 from services.logs import get_logger
 
 log = get_logger("collector")
@@ -136,7 +137,12 @@ class Collector:
         for message in messages:
             error = message.error()
             if error is not None:
-                raise KafkaUnavailableError(f"collector read failed: {error}")
+                if error.fatal():
+                    raise KafkaUnavailableError(f"collector read failed: {error}")
+                # A broker down or restarting: librdkafka reconnects and fetches again.
+                KAFKA_RETRIES.labels("collector", "consume").inc()
+                log.warning("collector read interrupted; librdkafka retries", error=str(error))
+                continue
             key, line = self._line_for(message)
             appends[key].append(line)
             offsets[f"{message.topic()}:{message.partition()}"] = (message.offset() or 0) + 1
