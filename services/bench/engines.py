@@ -65,28 +65,15 @@ def bench_records(
     return records
 
 
-def engine_request(record: dict[str, Any]) -> EngineRequest:
-    return EngineRequest.from_record(record)
-
-
 def direct_llamacpp(model: Path, records: list[dict[str, Any]]) -> float:
     """The binding in a loop, loaded and called as the engine does."""
-    import llama_cpp
+    from services.inference.engines.llamacpp import llama_arguments, load_llama
 
-    from services.inference.engines.llamacpp import llama_arguments
-
-    defaults = LlamaCppEngineOptions()
-    llm = llama_cpp.Llama(
-        model_path=str(model),
-        n_ctx=defaults.n_ctx,
-        n_threads=defaults.n_threads,
-        n_batch=defaults.n_batch,
-        verbose=False,
-    )
+    llm = load_llama(str(model), LlamaCppEngineOptions())
     done = []
     try:
         for record in records:
-            request = engine_request(record)
+            request = EngineRequest.from_record(record)
             llm.create_chat_completion(messages=request.messages, **llama_arguments(request))  # type: ignore[arg-type]
             done.append(time.monotonic())
     finally:
@@ -105,7 +92,7 @@ async def direct_openai(
 
         async def one(record: dict[str, Any]) -> None:
             async with slots:
-                body = request_body(engine_request(record), model)
+                body = request_body(EngineRequest.from_record(record), model)
                 response = await client.post("chat/completions", json=body)
                 response.raise_for_status()
                 done.append(time.monotonic())

@@ -62,10 +62,14 @@ EXIT_TRANSACTION_HUNG = 4
 LANE_PROBE_S = 0.5
 
 
+# What commits a partition's outputs: a transaction, or (measuring only) at-least-once.
+Committer = TransactionalProducer | PartitionAtLeastOnce
+
+
 @dataclass(eq=False)
 class OwnedPartition:
     partition: int
-    txn: TransactionalProducer | PartitionAtLeastOnce
+    txn: Committer
     progress: PartitionProgress[OutRecord]
     next_offset: int  # of the next record to take: the lane gate's view of its backlog
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -93,7 +97,7 @@ class Worker:
         self._group_metadata: Any = None
         # Partitions being taken (their producers kept for a retry to resume) and the
         # failures in a row of each with the loop time of its next try.
-        self._taking: dict[int, TransactionalProducer | PartitionAtLeastOnce] = {}
+        self._taking: dict[int, Committer] = {}
         self._take_failures: dict[int, tuple[int, float]] = {}
         self.degraded: dict[str, str] = {}  # what is being retried, for /healthz
         # Each request's task, with its partition and job: cancelled with either.
@@ -405,7 +409,7 @@ class Worker:
         consumer.resume([TopicPartition(self.topic, partition)])
         log.info("partition taken", partition=partition, offset=start)
 
-    def _committer(self, partition: int) -> TransactionalProducer | PartitionAtLeastOnce:
+    def _committer(self, partition: int) -> Committer:
         config = self.settings.kafka_config(**self._producer_overrides())
         if self.options.transactions:
             txn_id = transactional_id(self.settings.topics.prefix, self.topic, partition)

@@ -58,6 +58,15 @@ def upload(client: openai.OpenAI, tmp_path: Path, lines: list[str]) -> str:
         return client.files.create(file=handle, purpose="batch").id
 
 
+def create_batch(client: openai.OpenAI, tmp_path: Path, lines: list[str]) -> openai.types.Batch:
+    """Upload `lines` as a file and create a chat-completions batch of it."""
+    return client.batches.create(
+        input_file_id=upload(client, tmp_path, lines),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+
+
 def wait_status(
     client: openai.OpenAI, batch_id: str, wanted: set[str], timeout_s: float = 120
 ) -> Any:
@@ -105,11 +114,7 @@ def test_a_whole_batch_with_invalid_lines(stack: Stack, tmp_path: Path) -> None:
 
 def test_a_cancelled_batch_ends_cancelled_with_partial_output(stack: Stack, tmp_path: Path) -> None:
     lines = [batch_line(f"k{i}", max_tokens=40) for i in range(3000)]
-    batch = stack.client.batches.create(
-        input_file_id=upload(stack.client, tmp_path, lines),
-        endpoint="/v1/chat/completions",
-        completion_window="24h",
-    )
+    batch = create_batch(stack.client, tmp_path, lines)
     wait_status(stack.client, batch.id, {"in_progress"})
     wait_for(lambda: stack.client.batches.retrieve(batch.id).request_counts.completed > 0, 60)
     assert stack.client.batches.cancel(batch.id).status == "cancelling"
@@ -135,11 +140,7 @@ def in_flight(worker_url: str) -> float:
 def test_cancelling_stops_the_requests_already_in_the_engine(stack: Stack, tmp_path: Path) -> None:
     # 1,500 tokens at 10 ms a step: each request would take 15 s to run out.
     lines = [batch_line(f"long{i}", max_tokens=1500) for i in range(100)]
-    batch = stack.client.batches.create(
-        input_file_id=upload(stack.client, tmp_path, lines),
-        endpoint="/v1/chat/completions",
-        completion_window="24h",
-    )
+    batch = create_batch(stack.client, tmp_path, lines)
     wait_for(lambda: in_flight(stack.worker_url) > 0, 60, "requests in the engine")
     cancelled_at = time.monotonic()
     stack.client.batches.cancel(batch.id)
@@ -156,11 +157,7 @@ def test_cancelling_stops_the_requests_already_in_the_engine(stack: Stack, tmp_p
 
 def test_collector_killed_mid_job_resumes_without_duplicates(stack: Stack, tmp_path: Path) -> None:
     lines = [batch_line(f"r{i}", max_tokens=20) for i in range(1500)]
-    batch = stack.client.batches.create(
-        input_file_id=upload(stack.client, tmp_path, lines),
-        endpoint="/v1/chat/completions",
-        completion_window="24h",
-    )
+    batch = create_batch(stack.client, tmp_path, lines)
     wait_for(lambda: stack.client.batches.retrieve(batch.id).request_counts.completed > 200, 60)
     stack.processes[0].kill()  # ingest, and the collector inside it, die mid-job
     stack.processes[0] = start_ingest_process(stack.ingest_env, tmp_path / "ingest-2.log")[0]

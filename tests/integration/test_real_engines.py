@@ -23,6 +23,7 @@ from services.harness.pipeline import (
     start_worker,
 )
 from tests.conftest import LLAMA_SERVER_KEY
+from tests.integration.test_batch_api import create_batch
 
 pytestmark = pytest.mark.integration
 
@@ -65,10 +66,6 @@ def chat_line(custom_id: str, content: str, max_tokens: int = 8) -> str:
     )
 
 
-def jsonl(client: openai.OpenAI, file_id: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in client.files.content(file_id).text.splitlines()]
-
-
 def test_a_batch_runs_on_the_llamacpp_engine_through_every_service(
     bootstrap: str, tmp_path: Path, tiny_model: Path
 ) -> None:
@@ -88,13 +85,7 @@ def test_a_batch_runs_on_the_llamacpp_engine_through_every_service(
         prompts = {f"c{i}": f"Candidate {i}: héllo 🚀 Kafka" for i in range(12)}
         lines = [chat_line(cid, text) for cid, text in prompts.items()]
         lines.append(chat_line("too-long", "z" * 2000))
-        path = tmp_path / "input.jsonl"
-        path.write_text("\n".join(lines) + "\n")
-        with path.open("rb") as handle:
-            file_id = client.files.create(file=handle, purpose="batch").id
-        batch = client.batches.create(
-            input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
-        )
+        batch = create_batch(client, tmp_path, lines)
         wait_for(lambda: client.batches.retrieve(batch.id).status == "completed", timeout_s=120)
         done = client.batches.retrieve(batch.id)
         assert done.request_counts is not None

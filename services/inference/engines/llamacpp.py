@@ -68,6 +68,25 @@ def output_of(response: dict[str, Any], chat: bool) -> EngineOutput:
     )
 
 
+def load_llama(path: str, options: LlamaCppEngineOptions) -> llama_cpp.Llama:
+    """One instance of the model, as the engine runs it (the bench's anchor loads it so too)."""
+    embed = options.task == "embed"
+    try:
+        return llama_cpp.Llama(
+            model_path=path,
+            n_ctx=options.n_ctx,
+            n_threads=options.n_threads,
+            n_batch=options.n_batch,
+            n_gpu_layers=options.n_gpu_layers,
+            embedding=embed,
+            # One vector per input, not one per token.
+            pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN if embed else -1,
+            verbose=False,
+        )
+    except ValueError as exc:
+        raise ConfigurationError(f"llama.cpp could not load {path}: {exc}") from exc
+
+
 @dataclass(frozen=True)
 class _Job:
     request: EngineRequest
@@ -120,30 +139,12 @@ class LlamaCppEngine:
             )
         for index in range(self._options.instances):
             # Loaded here, one by one, so that a bad file fails the start, not a request.
-            instance = await asyncio.to_thread(self._load)
+            instance = await asyncio.to_thread(load_llama, self._path, self._options)
             thread = threading.Thread(
                 target=self._serve, args=(instance,), name=f"llamacpp-{index}", daemon=True
             )
             thread.start()
             self._threads.append(thread)
-
-    def _load(self) -> llama_cpp.Llama:
-        options = self._options
-        embed = options.task == "embed"
-        try:
-            return llama_cpp.Llama(
-                model_path=self._path,
-                n_ctx=options.n_ctx,
-                n_threads=options.n_threads,
-                n_batch=options.n_batch,
-                n_gpu_layers=options.n_gpu_layers,
-                embedding=embed,
-                # One vector per input, not one per token.
-                pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN if embed else -1,
-                verbose=False,
-            )
-        except ValueError as exc:
-            raise ConfigurationError(f"llama.cpp could not load {self._path}: {exc}") from exc
 
     def _serve(self, instance: llama_cpp.Llama) -> None:
         """One instance's thread: requests in queue order until the closing sentinel."""
