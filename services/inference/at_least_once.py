@@ -47,3 +47,9 @@ class PartitionAtLeastOnce:
         if self._producer is not None:
             self._producer.flush(self._timeout_s)
             self._producer = None
+
+    def discard(self) -> None:
+        """Close without delivering what is queued (its offset will not be committed)."""
+        if self._producer is not None:
+            self._producer.purge()
+            self._producer = None

@@ -24,7 +24,7 @@ from services.inference.heartbeat import HeartbeatPublisher, heartbeat_record
 from services.inference.settings import InferenceSettings, parse_partitions
 from services.inference.worker import Worker
 from services.kafka.producer import AsyncProducer
-from services.lifecycle import install_stop_signals
+from services.lifecycle import exit_now, install_stop_signals
 from services.logs import configure_logging, get_logger
 from services.ops_http import make_server, ops_routes, serve_until
 
@@ -126,6 +126,10 @@ async def _run(settings: InferenceSettings) -> int:
         except DeliveryError as exc:
             log.warning("last heartbeat not delivered; the scheduler times out", error=str(exc))
     log.info("worker exiting", code=code)
+    if len(worker.hung_calls):
+        # Interpreter shutdown would join their threads, which never return.
+        log.warning("exiting past transaction calls still hung", hung=len(worker.hung_calls))
+        exit_now(code)
     return code
 
 

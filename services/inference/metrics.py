@@ -52,5 +52,5 @@ GPU_TEMPERATURE = Gauge("kbatch_gpu_temperature_celsius", "GPU temperature", ["g
 GPU_UTILIZATION = Gauge("kbatch_gpu_utilization_ratio", "GPU busy share (0..1)", ["gpu"])
 
 # Known, bounded label values start at zero, so rates exist before the first event.
-for _cause in ("fenced", "broker"):
+for _cause in ("fenced", "broker", "hung"):
     ABORTS.labels(_cause)

@@ -153,8 +153,14 @@ class InferenceOptions(BaseModel):
     commit_stall_s: float = Field(
         120.0,
         gt=0,
-        description="a commit blocked this long (past librdkafka's own timeouts) exits the "
-        "worker with code 4 for its supervisor to restart",
+        description="a commit blocked this long (past librdkafka's own timeouts) is abandoned "
+        "and its partition taken afresh by a new producer",
+    )
+    max_hung_commits: int = Field(
+        2,
+        ge=0,
+        description="more abandoned commits than this still blocked (each holds a thread) "
+        "exit the worker with code 4 for its supervisor to restart",
     )
     max_attempts: int = Field(4, ge=1, description="tries per request for transient errors")
     retry_initial_s: float = Field(0.1, ge=0, description="first retry backoff")

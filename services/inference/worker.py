@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,7 @@ from services.inference import metrics
 from services.inference.at_least_once import PartitionAtLeastOnce
 from services.inference.engines.base import Engine
 from services.inference.flow import FlowState, lane_gate, paused_partitions, room
+from services.inference.hung_calls import HungCalls
 from services.inference.outputs import (
     Origin,
     cancelled_record,
@@ -107,6 +108,7 @@ class Worker:
         self._ends: dict[int, int] = {}  # end offsets of owned partitions, for the lane gate
         self._slot_freed = asyncio.Event()
         self._commit_wanted = asyncio.Event()
+        self.hung_calls = HungCalls()
         self._runner = RequestRunner(
             engine,
             RunnerConfig(
@@ -292,11 +294,14 @@ class Worker:
                 return
             offset = TopicPartition(self.topic, part.partition, plan.next_offset)
             started = asyncio.get_running_loop().time()
+            call = asyncio.ensure_future(
+                asyncio.to_thread(part.txn.commit, plan.outputs, offset, self._group_metadata)
+            )
             try:
-                await self._bounded(
-                    asyncio.to_thread(part.txn.commit, plan.outputs, offset, self._group_metadata),
-                    part.partition,
-                )
+                await asyncio.wait_for(asyncio.shield(call), self.options.commit_stall_s)
+            except TimeoutError:
+                await self._abandon(part, call)
+                return
             except FencedError as exc:
                 metrics.ABORTS.labels("fenced").inc()
                 log.warning(
@@ -322,25 +327,32 @@ class Worker:
             metrics.RESULTS.labels(self.engine.name).inc(results)
             part.progress.committed(plan)
 
-    async def _bounded(self, commit: Awaitable[None], partition: int) -> None:
-        """Wait for a commit, or exit the process if it outlives every timeout it was given.
-
-        librdkafka's send_offsets_to_transaction can block forever once the group
-        coordinator went away (librdkafka issues 5456 and 5511; seen here after a
-        broker restart in the chaos test). The blocked thread cannot be interrupted
-        and its transaction must not be left half-done in-process, so the worker
-        exits for its supervisor; the partition's next owner fences and aborts the
-        open transaction, and nothing uncommitted was published.
-        """
-        try:
-            await asyncio.wait_for(asyncio.shield(commit), self.options.commit_stall_s)
-        except TimeoutError:
+    async def _abandon(self, part: OwnedPartition, call: asyncio.Future[None]) -> None:
+        """A commit outlived every timeout it was given (see hung_calls): leave its
+        producer to its call and take the partition afresh, fencing that producer.
+        Its transaction is aborted by the fencing, or was committed before it; the
+        new owner starts from whichever offset is committed, so nothing is lost or
+        published twice. Past `max_hung_commits` blocked calls (each holds a thread)
+        the worker exits for its supervisor instead."""
+        metrics.ABORTS.labels("hung").inc()
+        self.hung_calls.abandon(call, part.txn, part.partition)
+        if len(self.hung_calls) > self.options.max_hung_commits:
             log.error(
-                "transaction call hung past its timeouts; exiting for a restart",
-                partition=partition,
-                limit_s=self.options.commit_stall_s,
+                "too many transaction calls hung past their timeouts; exiting for a restart",
+                hung=len(self.hung_calls),
+                limit=self.options.max_hung_commits,
             )
             exit_now(EXIT_TRANSACTION_HUNG)
+        log.error(
+            "transaction call hung past its timeouts; its producer is abandoned and the "
+            "partition taken afresh",
+            partition=part.partition,
+            limit_s=self.options.commit_stall_s,
+            hung=len(self.hung_calls),
+        )
+        await self._forget(part, close=False)
+        # Their results belong to the abandoned transaction: the retake runs them again.
+        await self._cancel_tasks(part.partition)
 
     # -- ownership ------------------------------------------------------------
     async def _reconcile(self) -> bool:
@@ -427,13 +439,14 @@ class Worker:
         await self._forget(part)
         log.info("partition released", partition=part.partition)
 
-    async def _forget(self, part: OwnedPartition) -> None:
+    async def _forget(self, part: OwnedPartition, close: bool = True) -> None:
         if self.owned.get(part.partition) is not part:
             return  # forgotten already: fenced while it was being released
         del self.owned[part.partition]
         self._paused.discard(part.partition)
         self._require_consumer().incremental_unassign([TopicPartition(self.topic, part.partition)])
-        await asyncio.to_thread(part.txn.close)
+        if close:
+            await asyncio.to_thread(part.txn.close)
         metrics.OWNED_PARTITIONS.set(len(self.owned))
 
     # -- stopping -------------------------------------------------------------

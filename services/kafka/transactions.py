@@ -132,6 +132,12 @@ class TransactionalProducer:
             self._producer.flush(self._timeout_s)
             self._producer, self._ready = None, False
 
+    def discard(self) -> None:
+        """Close without delivering what is queued: it belongs to an abandoned transaction."""
+        if self._producer is not None:
+            self._producer.purge()
+            self._producer, self._ready = None, False
+
     def _require(self) -> Producer:
         if self._producer is None:
             raise RuntimeError(f"{self.txn_id}: transactions used before open()")

@@ -20,7 +20,7 @@ from tests.chaos.scenarios import SCENARIOS
 ENGINE = {
     "SIMULATED__STEP_S": "0.02",
     "SIMULATED__MAX_NUM_SEQS": "8",
-    "COMMIT_STALL_S": "45",  # a hung transaction call exits the worker sooner than in production
+    "COMMIT_STALL_S": "45",  # a hung transaction call is abandoned sooner than in production
 }  # ~70 requests/s for two workers
 
 
