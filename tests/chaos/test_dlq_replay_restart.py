@@ -14,13 +14,13 @@ import pytest
 from confluent_kafka import Producer
 
 from services.codec import REQUEST, codec
+from services.harness.chaos_rig import own_broker
 from services.harness.kafka import read_topic, unique_topics, wait_for
 from services.harness.pipeline import request_record, shared_env
 from services.harness.processes import KBATCH
 from services.inference.outputs import Origin, dead_letter_record
 from services.kafka import local_broker
 from services.kafka.transactions import produce_record
-from tests.chaos.rig import own_broker
 
 PARKED = 2000
 RATE = 150  # records/s: the replay runs ~13 s, long enough to be cut in the middle
@@ -53,7 +53,7 @@ def test_a_replay_cut_by_a_broker_restart_republishes_each_record_once(tmp_path:
             time.sleep(4)  # time is the fault's position: in the middle of the replay
             assert replay.poll() is None, (tmp_path / "replay.log").read_text()
             local_broker.down(broker, sig=9)
-            time.sleep(6)
+            time.sleep(6)  # time is the fault: the broker away while the replay runs
             local_broker.up(broker)
             code = replay.wait(timeout=300)
         output = (tmp_path / "replay.log").read_text()

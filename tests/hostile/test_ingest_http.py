@@ -16,7 +16,7 @@ from tests.integration.test_ingest import chat_line, start_ingest
 
 def slow_body(lines: list[bytes], pause_s: float) -> Iterator[bytes]:
     for line in lines:
-        time.sleep(pause_s)
+        time.sleep(pause_s)  # a slow client: the pause is the input under test
         yield line + b"\n"
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -14,6 +16,7 @@ from confluent_kafka import Producer
 from services.codec import ASSIGNMENT, MARKER, REQUEST, codec
 from services.harness.kafka import unique_topics, wait_for
 from services.harness.pipeline import (
+    Outcomes,
     outcomes,
     publish,
     publish_to,
@@ -21,10 +24,54 @@ from services.harness.pipeline import (
     start_follower,
     start_worker,
 )
+from services.harness.processes import ServiceProcess
+from services.settings import TopicSettings
 
 pytestmark = pytest.mark.integration
 
 SMALL = {"high_partitions": 1, "normal_partitions": 2, "low_partitions": 1}
+
+
+@dataclass
+class JobUnderWay:
+    """A job published over every partition of fresh topics, one worker on it, results
+    already coming out."""
+
+    topics: TopicSettings
+    records: list[dict[str, Any]]
+    worker: ServiceProcess
+    worker_url: str
+    options: dict[str, str]
+
+    def finished_by(
+        self, bootstrap: str, tmp_path: Path, name: str, timeout_s: float = 120
+    ) -> None:
+        """Another worker takes the job over; every request ends exactly once."""
+        heir, _ = start_worker(bootstrap, self.topics, tmp_path, name, "0-3", **self.options)
+        try:
+            found = outcomes(bootstrap, self.topics, expect=len(self.records), timeout_s=timeout_s)
+        finally:
+            assert heir.terminate() == 0, heir.log()
+        self.ended_once(found)
+
+    def ended_once(self, found: Outcomes) -> None:
+        assert found.total == len(self.records)
+        assert set(found.result_ids()) == {r["request_id"] for r in self.records}
+        assert max(found.result_ids().values()) == 1
+
+
+def start_job(
+    bootstrap: str, tmp_path: Path, job: str, count: int, max_tokens: int, seqs: int, first: int
+) -> JobUnderWay:
+    """`count` requests, a worker stepping every 10 ms over `seqs` sequences; returns
+    once `first` results are committed."""
+    topics = unique_topics(bootstrap, **SMALL)
+    records = [request_record(job, i, max_tokens=max_tokens) for i in range(count)]
+    publish(bootstrap, topics, records)
+    options = {"SIMULATED__STEP_S": "0.01", "SIMULATED__MAX_NUM_SEQS": str(seqs)}
+    worker, url = start_worker(bootstrap, topics, tmp_path, f"{job}-1", "0-3", **options)
+    wait_for(lambda: len(outcomes(bootstrap, topics, 0, timeout_s=0).results) >= first, 60)
+    return JobUnderWay(topics, records, worker, url, options)
 
 
 def test_each_request_ends_exactly_once_as_result_or_dead_letter(
@@ -58,7 +105,7 @@ def test_each_request_ends_exactly_once_as_result_or_dead_letter(
     assert max(found.result_ids().values()) == 1
     assert all(r["engine"] == "simulated" for r in found.results)
     assert all(r["output"]["text"].startswith("[simulated]") for r in found.results)
-    by_class = {}
+    by_class: dict[str, list[dict[str, Any]]] = {}
     for letter, headers in found.dead:
         by_class.setdefault(letter["error_class"], []).append(letter)
         assert headers["kbatch-dlq-error-class"].decode() == letter["error_class"]
@@ -81,44 +128,32 @@ def test_each_request_ends_exactly_once_as_result_or_dead_letter(
 def test_kill_9_mid_run_then_restart_loses_and_duplicates_nothing(
     bootstrap: str, tmp_path: Path
 ) -> None:
-    topics = unique_topics(bootstrap, **SMALL)
-    records = [request_record("job-k", i, max_tokens=8) for i in range(1500)]
-    publish(bootstrap, topics, records)
     # ~200 requests/s ideal: the run lasts several seconds, so the kill lands mid-run.
-    options = {"SIMULATED__STEP_S": "0.01", "SIMULATED__MAX_NUM_SEQS": "8"}
-    first, _ = start_worker(bootstrap, topics, tmp_path, "k1", "0-3", **options)
-    wait_for(lambda: len(outcomes(bootstrap, topics, 0, timeout_s=0).results) >= 100, 60)
-    first.kill()
-    partial = outcomes(bootstrap, topics, 0, timeout_s=0).total
+    job = start_job(bootstrap, tmp_path, "job-k", 1500, max_tokens=8, seqs=8, first=100)
+    job.worker.kill()
+    partial = outcomes(bootstrap, job.topics, 0, timeout_s=0).total
     assert partial < 1500, "the crash should land mid-run"
-
-    second, _ = start_worker(bootstrap, topics, tmp_path, "k2", "0-3", **options)
-    try:
-        found = outcomes(bootstrap, topics, expect=1500, timeout_s=90)
-    finally:
-        assert second.terminate() == 0, second.log()
-    assert found.total == 1500
-    assert set(found.result_ids()) == {r["request_id"] for r in records}
-    assert max(found.result_ids().values()) == 1
+    job.finished_by(bootstrap, tmp_path, "k2", timeout_s=90)
 
 
 def test_a_zombie_whose_partitions_moved_cannot_commit(bootstrap: str, tmp_path: Path) -> None:
-    topics = unique_topics(bootstrap, **SMALL)
-    records = [request_record("job-z", i, max_tokens=16) for i in range(1600)]
-    publish(bootstrap, topics, records)
-    options = {"SIMULATED__STEP_S": "0.01", "SIMULATED__MAX_NUM_SEQS": "16"}
-    zombie, zombie_url = start_worker(bootstrap, topics, tmp_path, "zombie", "0-3", **options)
-    wait_for(lambda: outcomes(bootstrap, topics, 0, timeout_s=0).results, 60)
+    job = start_job(bootstrap, tmp_path, "job-z", 1600, max_tokens=16, seqs=16, first=1)
+    zombie = job.worker
     os.kill(zombie.process.pid, signal.SIGSTOP)  # frozen mid-work, holding uncommitted results
     try:
-        heir, _ = start_worker(bootstrap, topics, tmp_path, "heir", "0-3", **options)
-        time.sleep(1)
+        heir, heir_url = start_worker(bootstrap, job.topics, tmp_path, "heir", "0-3", **job.options)
+
+        def heir_owns_all() -> bool:
+            # Taking a partition runs init_transactions, which fences the zombie's producer.
+            return len(httpx.get(f"{heir_url}/healthz").json()["owned_partitions"]) == 4
+
+        wait_for(heir_owns_all, 60, "the heir taking every partition")
         os.kill(zombie.process.pid, signal.SIGCONT)  # wakes up and tries to commit
-        found = outcomes(bootstrap, topics, expect=1600, timeout_s=120)
+        found = outcomes(bootstrap, job.topics, expect=1600, timeout_s=120)
 
         def zombie_was_fenced() -> bool:
             # A partition leaves the zombie when its commit is refused for the new owner's epoch.
-            owned = httpx.get(f"{zombie_url}/healthz").json()["owned_partitions"]
+            owned = httpx.get(f"{job.worker_url}/healthz").json()["owned_partitions"]
             return len(owned) < 4 and "partition fenced by a new owner" in zombie.log()
 
         wait_for(zombie_was_fenced, 30)
@@ -126,31 +161,17 @@ def test_a_zombie_whose_partitions_moved_cannot_commit(bootstrap: str, tmp_path:
         os.kill(zombie.process.pid, signal.SIGCONT)
         zombie.terminate()
         assert heir.terminate() == 0, heir.log()
-    assert found.total == 1600
-    assert max(found.result_ids().values()) == 1
-    assert set(found.result_ids()) == {r["request_id"] for r in records}
+    job.ended_once(found)
 
 
 def test_sigterm_drains_commits_and_exits_zero(bootstrap: str, tmp_path: Path) -> None:
-    topics = unique_topics(bootstrap, **SMALL)
-    records = [request_record("job-t", i, max_tokens=20) for i in range(3000)]
-    publish(bootstrap, topics, records)
     # ~80 requests/s: the SIGTERM lands with most of the job still waiting.
-    options = {"SIMULATED__STEP_S": "0.01", "SIMULATED__MAX_NUM_SEQS": "16"}
-    worker, _ = start_worker(bootstrap, topics, tmp_path, "t1", "0-3", **options)
-    wait_for(lambda: outcomes(bootstrap, topics, 0, timeout_s=0).results, 60)
-    assert worker.terminate() == 0, worker.log()
-    assert "drained" in worker.log()
-    after_stop = outcomes(bootstrap, topics, 0, timeout_s=0)
+    job = start_job(bootstrap, tmp_path, "job-t", 3000, max_tokens=20, seqs=16, first=1)
+    assert job.worker.terminate() == 0, job.worker.log()
+    assert "drained" in job.worker.log()
+    after_stop = outcomes(bootstrap, job.topics, 0, timeout_s=0)
     assert 0 < after_stop.total < 3000
-
-    rest, _ = start_worker(bootstrap, topics, tmp_path, "t2", "0-3", **options)
-    try:
-        found = outcomes(bootstrap, topics, expect=3000, timeout_s=120)
-    finally:
-        assert rest.terminate() == 0, rest.log()
-    assert set(found.result_ids()) == {r["request_id"] for r in records}
-    assert max(found.result_ids().values()) == 1
+    job.finished_by(bootstrap, tmp_path, "t2")
 
 
 def test_high_lane_records_overtake_a_prefetched_normal_backlog(
@@ -181,7 +202,7 @@ def test_high_lane_records_overtake_a_prefetched_normal_backlog(
             found = outcomes(bootstrap, topics, 0, timeout_s=0)
             if sum(r["job_id"] == "urgent" for r in found.results) < len(urgent):
                 return None
-            return sum(r["job_id"] == "backlog" for r in found.results)
+            return sum(1 for r in found.results if r["job_id"] == "backlog")
 
         backlog_done = wait_for(urgent_done, 120, "the high records")
     finally:

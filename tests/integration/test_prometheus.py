@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -154,7 +153,12 @@ def test_prometheus_scrapes_every_service_and_answers_every_query(
         wait_for(
             lambda: len(query(prom_url, "up == 1")["data"]["result"]) == 3, 30, "all targets up"
         )
-        time.sleep(4)  # a few scrapes: rates need two samples
+        # Rates need two samples of every target.
+        wait_for(
+            lambda: len(query(prom_url, "count_over_time(up[5m]) >= 2")["data"]["result"]) == 3,
+            30,
+            "two scrapes of every target",
+        )
         for expr in all_exprs():
             assert query(prom_url, expr)["status"] == "success", expr
         empty = []

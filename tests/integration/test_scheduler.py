@@ -32,6 +32,16 @@ def assignments(scheduler_url: str) -> dict[str, Any]:
     return dict(httpx.get(f"{scheduler_url}/assignments", timeout=5).json())
 
 
+def next_pass(scheduler_url: str, after_ms: int, timeout_s: float = 30) -> int:
+    """The time of the first assignment pass after `after_ms`, once there is one."""
+
+    def later() -> int:
+        at = int(assignments(scheduler_url)["pass_at_ms"])
+        return at if at > after_ms else 0
+
+    return int(wait_for(later, timeout_s, f"an assignment pass after {after_ms}"))
+
+
 def lane_records(job: str, lane: Lane, count: int) -> list[dict[str, Any]]:
     return [request_record(job, i, lane=lane.value, max_tokens=8) for i in range(count)]
 
@@ -93,8 +103,9 @@ def test_waiting_low_lane_is_taken_when_a_worker_joins_and_a_restart_moves_nothi
         assert scheduler.terminate() == 0, scheduler.log()
 
         scheduler, url = start_scheduler(bootstrap, topics, tmp_path, "scheduler-2")
-        wait_for(lambda: assignments(url)["pass_at_ms"] > 0, 60, "no pass after restart")
-        time.sleep(2)  # a few more passes
+        first = next_pass(url, after_ms=0, timeout_s=60)
+        # Two passes more: the restarted scheduler has seen every worker's heartbeat.
+        next_pass(url, after_ms=next_pass(url, after_ms=first))
         after = assignments(url)
         assert after["generation"] == before["generation"]
         assert after["published"] == before["published"]
