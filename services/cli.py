@@ -9,7 +9,13 @@ from pathlib import Path
 import typer
 from confluent_kafka.admin import AdminClient
 
+from services.bench import chaos as bench_chaos
 from services.bench import engines as bench_engines
+from services.bench import failover as bench_failover
+from services.bench import ingest as bench_ingest
+from services.bench import metrics_plot as bench_metrics_plot
+from services.bench import pipeline as bench_pipeline
+from services.bench import scale as bench_scale
 from services.client import cli as client_cli
 from services.dlq.cli import dlq_app
 from services.kafka import local_broker
@@ -25,6 +31,12 @@ app.add_typer(kafka_app, name="kafka")
 app.add_typer(model_app, name="model")
 app.add_typer(bench_app, name="bench")
 bench_app.command("engines")(bench_engines.main)
+bench_app.command("ingest")(bench_ingest.main)
+bench_app.command("pipeline")(bench_pipeline.main)
+bench_app.command("scale")(bench_scale.main)
+bench_app.command("failover")(bench_failover.main)
+bench_app.command("chaos")(bench_chaos.main)
+bench_app.command("metrics-plot")(bench_metrics_plot.main)
 app.add_typer(topics_app, name="topics")
 app.add_typer(dlq_app, name="dlq")
 app.command("submit")(client_cli.submit)

@@ -105,11 +105,11 @@ class Services:
     processes: list[subprocess.Popen[bytes]]
     logs: Path
 
-    def start(self, name: str, args: list[str], env: dict[str, str]) -> None:
+    def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         log = (self.logs / f"{name}.log").open("wb")
-        self.processes.append(
-            subprocess.Popen([KBATCH, *args], env=env, stdout=log, stderr=subprocess.STDOUT)
-        )
+        process = subprocess.Popen([KBATCH, *args], env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.processes.append(process)
+        return process
 
     def stop(self) -> None:
         for process in self.processes:
@@ -190,7 +190,7 @@ def _run_services(engine: DemoEngine, root: Path, logs: Path) -> None:
     }
     services = Services([], logs)
     try:
-        services.start(
+        scheduler = services.start(
             "scheduler",
             ["scheduler"],
             {
@@ -199,7 +199,7 @@ def _run_services(engine: DemoEngine, root: Path, logs: Path) -> None:
                 "KBATCH_SCHEDULER__DATA_DIR": str(root / "demo-scheduler"),
             },
         )
-        services.start(
+        ingest = services.start(
             "ingest",
             ["ingest"],
             {
@@ -223,8 +223,8 @@ def _run_services(engine: DemoEngine, root: Path, logs: Path) -> None:
                     "KBATCH_INFERENCE__HTTP_PORT": port,
                 },
             )
-        for url in (f"{SCHEDULER}/healthz", f"{INGEST}/healthz"):
-            wait_serving(url, 90, describe=lambda: "logs in .kbatch/demo-logs")
+        for process, url in ((scheduler, SCHEDULER), (ingest, INGEST)):
+            wait_serving(f"{url}/healthz", 90, process, describe=lambda: f"logs in {logs}")
         console.print(
             f"services up after {time.monotonic() - started:.0f}s; submitting the sample job"
         )

@@ -1,26 +1,32 @@
-"""Chaos, long form: each fault alone, many times, each on a fresh job; a report table.
+"""`kbatch bench chaos`: each fault alone, many times, each on a fresh job; JSON tallies.
 
-Run: make bench-chaos   (or .venv/bin/python -m bench.chaos [runs per fault])
 One broker of the bench's own (it gets restarted). Per run: fresh topics, a
 scheduler and two simulated workers, a job published whole, the fault injected
 once the first results are in, then every outcome read back read_committed.
-Recovery is defined per fault in tests/chaos/scenarios.py.
+Recovery is defined per fault in services/harness/chaos_scenarios.py. Exits 1 when
+a request was lost or duplicated, a count was wrong, or a scenario's check failed.
 """
 
 from __future__ import annotations
 
 import statistics
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
-from bench.common import OUT, machine
+import typer
+
+from services.bench.measure import OutOption, emit, run_facts
+from services.harness.chaos_rig import HEARTBEAT_TIMEOUT_S, ChaosRig, own_broker
+from services.harness.chaos_scenarios import SCENARIOS
 from services.kafka import local_broker
-from tests.chaos.rig import ChaosRig, own_broker
-from tests.chaos.scenarios import SCENARIOS
 
 ENGINE = {"SIMULATED__STEP_S": "0.01", "SIMULATED__MAX_NUM_SEQS": "8", "COMMIT_STALL_S": "45"}
 REQUESTS = 3000
+ScenariosArgument = typer.Argument(
+    None, help=f"faults to inject, by name (default all): {', '.join(SCENARIOS)}"
+)
 
 
 @dataclass
@@ -33,9 +39,23 @@ class Tally:
     failed_checks: list[str] = field(default_factory=list)
     recovery_s: list[float] = field(default_factory=list)
 
+    @property
+    def bad(self) -> bool:
+        return bool(self.lost or self.duplicated or self.miscounted or self.failed_checks)
 
-def one_run(broker: local_broker.BrokerLayout, name: str, run: int, tally: Tally) -> None:
-    log_dir = OUT / "chaos" / f"{name.split()[0]}-{name.split()[1]}-{run}"
+    def summary(self) -> dict[str, Any]:
+        found = asdict(self)
+        found["recovery_s"] = [round(s, 1) for s in self.recovery_s]
+        if self.recovery_s:
+            found["recovery_median_s"] = round(statistics.median(self.recovery_s), 1)
+            found["recovery_max_s"] = round(max(self.recovery_s), 1)
+        return found
+
+
+def one_run(
+    broker: local_broker.BrokerLayout, out: Path, name: str, run: int, tally: Tally
+) -> None:
+    log_dir = out / "chaos" / f"{name.split()[0]}-{name.split()[1]}-{run}"
     log_dir.mkdir(parents=True, exist_ok=True)
     rig = ChaosRig(broker, log_dir, ENGINE)
     try:
@@ -55,42 +75,46 @@ def one_run(broker: local_broker.BrokerLayout, name: str, run: int, tally: Tally
     tally.miscounted += int(verdict.counted != verdict.requests)
 
 
-def main() -> None:
-    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 3
-    chosen = sys.argv[2:] or list(SCENARIOS)
-    OUT.mkdir(parents=True, exist_ok=True)
+def measure(out: Path, runs: int, chosen: list[str]) -> dict[str, Tally]:
     tallies = {name: Tally() for name in chosen}
-    started = time.monotonic()
-    broker = own_broker(OUT / "chaos-kafka")
+    broker = own_broker(out / "chaos-kafka")
     try:
         for run in range(runs):
             for name in chosen:
-                one_run(broker, name, run, tallies[name])
-                print(f"run {run + 1}/{runs} {name}: {tallies[name]}", flush=True)
+                one_run(broker, out, name, run, tallies[name])
+                typer.echo(f"run {run + 1}/{runs} {name}: {tallies[name]}", err=True)
     finally:
         local_broker.down(broker)
-    print(f"\nmachine: {machine()}; {time.monotonic() - started:.0f} s in all")
-    print(f"{REQUESTS} requests per run, two simulated workers, heartbeat timeout 4 s\n")
-    print(
-        "| scenario | runs | requests | lost | duplicated | count wrong | recovery s (med / max) |"
+    return tallies
+
+
+def main(
+    runs: int = typer.Argument(3, help="runs per fault"),
+    scenarios: list[str] | None = ScenariosArgument,
+    out: Path = OutOption,
+) -> None:
+    """Each fault alone on fresh jobs: losses, duplicates, recovery s; JSON, exit 1 on a loss."""
+    chosen = scenarios or list(SCENARIOS)
+    unknown = [name for name in chosen if name not in SCENARIOS]
+    if unknown:
+        raise typer.BadParameter(f"unknown {unknown}; known: {list(SCENARIOS)}")
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    tallies = measure(out, runs, chosen)
+    emit(
+        {
+            **run_facts(),
+            "wall_s": round(time.monotonic() - started),
+            "requests_per_run": REQUESTS,
+            "workers": 2,
+            "heartbeat_timeout_s": HEARTBEAT_TIMEOUT_S,
+            "scenarios": {name: tally.summary() for name, tally in tallies.items()},
+        },
+        out / "chaos.json",
     )
-    print("|---|---|---|---|---|---|---|")
-    for name, t in tallies.items():
-        recovery = (
-            f"{statistics.median(t.recovery_s):.1f} / {max(t.recovery_s):.1f}"
-            if t.recovery_s
-            else "-"
-        )
-        print(
-            f"| {name} | {t.runs} | {t.requests} | {t.lost} | {t.duplicated} | "
-            f"{t.miscounted} | {recovery} |"
-        )
-    failures = [f"{n}: {c}" for n, t in tallies.items() for c in t.failed_checks]
-    for failure in failures:
-        print(f"check failed: {failure}")
-    bad = any(t.lost or t.duplicated or t.miscounted for t in tallies.values()) or failures
-    sys.exit(1 if bad else 0)
+    if any(tally.bad for tally in tallies.values()):
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":
-    main()
+    typer.run(main)

@@ -27,8 +27,7 @@ from typing import Any
 import httpx
 import typer
 
-from services.bench.measure import run_facts, steady_rate
-from services.harness.broker import running_broker
+from services.bench.measure import STATE, bench_broker, emit, run_facts, steady_rate
 from services.harness.kafka import unique_topics
 from services.harness.llama_server import llama_server
 from services.harness.pipeline import outcomes, publish_to, request_record, start_worker
@@ -40,7 +39,6 @@ from services.models.tiny import ensure_tiny_model
 from services.resources import data_dir
 
 GOAL = 0.9
-STATE = Path(".kbatch")
 
 
 def sample_messages(count: int) -> list[list[dict[str, str]]]:
@@ -156,7 +154,7 @@ def run(
     records = bench_records("bench-engines", sample_messages(requests), served, max_tokens)
     shape = {"requests": requests, "max_tokens": max_tokens, "model": served, "runs": runs}
     result: dict[str, Any] = {**run_facts(), "engines": {}}
-    with running_broker(STATE / "bench-kafka", STATE / "jars") as bootstrap:
+    with bench_broker() as bootstrap:
         llama_env = {"ENGINE": "llamacpp", "MODEL": str(model)}
         anchors, measured = interleaved(
             runs,
@@ -195,14 +193,8 @@ def main(
     runs: int = typer.Option(2, help="kbatch runs per engine, each between two anchor runs"),
     out: Path | None = typer.Option(None, help="also write the JSON here"),
 ) -> None:
-    """Measure kbatch on the llamacpp and openai engines against each engine called
-    directly in the same run; print JSON."""
-    result = run(requests, max_tokens, model, concurrency, runs)
-    text = json.dumps(result, indent=2)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text + "\n")
-    typer.echo(text)
+    """kbatch on the llamacpp and openai engines against each engine called directly; JSON."""
+    emit(run(requests, max_tokens, model, concurrency, runs), out)
 
 
 if __name__ == "__main__":

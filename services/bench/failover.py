@@ -1,27 +1,30 @@
-"""Failover time: from a worker's death to its partitions being owned again.
+"""`kbatch bench failover`: from a worker's death to its partitions being owned again.
 
-Run: make bench-failover   (or .venv/bin/python -m bench.failover [rounds])
 A scheduler (default heartbeat timeout) and three simulated workers consume a
 standing backlog. Each round stops one worker — kill -9 or SIGTERM — and polls
 the scheduler's /workers view every 50 ms until another live worker reports
 owning every partition the stopped one held. The worker is then restarted.
+Prints JSON.
 """
 
 from __future__ import annotations
 
 import statistics
-import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import httpx
+import typer
 
-from bench.common import OUT, broker, machine
+from services.bench.measure import OutOption, bench_broker, emit, run_facts
 from services.harness.kafka import unique_topics, wait_for
 from services.harness.pipeline import publish, request_record, start_follower, start_scheduler
 from services.harness.processes import ServiceProcess
 from services.scheduler.settings import SchedulerOptions
 
 SLOW = {"SIMULATED__STEP_S": "0.05", "SIMULATED__MAX_NUM_SEQS": "8"}
+POOLS = {"fo-a": "dedicated", "fo-b": "dedicated", "fo-c": "spot"}
 
 
 def owned(url: str) -> dict[str, set[int]]:
@@ -49,21 +52,19 @@ def _all_owned(url: str, every: set[int]) -> dict[str, set[int]] | None:
     return now if set().union(*now.values()) == every else None
 
 
-def main() -> None:
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
-    OUT.mkdir(parents=True, exist_ok=True)
+def measure(out: Path, rounds: int) -> dict[str, Any]:
     timeout_s = SchedulerOptions().heartbeat_timeout_s
     times: dict[str, list[float]] = {"kill -9": [], "SIGTERM": []}
-    with broker() as bootstrap:
+    with bench_broker() as bootstrap:
         topics = unique_topics(bootstrap, high_partitions=2, normal_partitions=4, low_partitions=2)
         publish(bootstrap, topics, [request_record("fo", i, max_tokens=64) for i in range(20000)])
         scheduler, url = start_scheduler(
-            bootstrap, topics, OUT, "failover-scheduler", HEARTBEAT_TIMEOUT_S=str(timeout_s)
+            bootstrap, topics, out, "failover-scheduler", HEARTBEAT_TIMEOUT_S=str(timeout_s)
         )
         every = set(range(topics.lane_layout().total))
         workers = {
-            name: start_follower(bootstrap, topics, OUT, name, pool, 8, **SLOW)[0]
-            for name, pool in (("fo-a", "dedicated"), ("fo-b", "dedicated"), ("fo-c", "spot"))
+            name: start_follower(bootstrap, topics, out, name, pool, 8, **SLOW)[0]
+            for name, pool in POOLS.items()
         }
         try:
             for _ in range(rounds):
@@ -72,21 +73,38 @@ def main() -> None:
                     holding = wait_for(lambda: _all_owned(url, every), 60, "every partition owned")
                     name = max(holding, key=lambda w: len(holding[w]))
                     times[how].append(one_round(url, workers[name], name, how))
-                    pool = "spot" if name == "fo-c" else "dedicated"
-                    workers[name] = start_follower(bootstrap, topics, OUT, name, pool, 8, **SLOW)[0]
+                    workers[name] = start_follower(
+                        bootstrap, topics, out, name, POOLS[name], 8, **SLOW
+                    )[0]
         finally:
             for process in workers.values():
                 process.terminate()
             scheduler.terminate()
-    print(f"machine: {machine()}; heartbeat interval 1 s, timeout {timeout_s:.0f} s")
-    print("| worker stopped by | rounds | min s | median s | max s |")
-    print("|---|---|---|---|---|")
-    for how, seconds in times.items():
-        print(
-            f"| {how} | {len(seconds)} | {min(seconds):.2f} | "
-            f"{statistics.median(seconds):.2f} | {max(seconds):.2f} |"
-        )
+    return {
+        **run_facts(),
+        "heartbeat_interval_s": 1.0,
+        "heartbeat_timeout_s": timeout_s,
+        "stopped_by": {
+            how: {
+                "seconds": [round(s, 2) for s in seconds],
+                "min_s": round(min(seconds), 2),
+                "median_s": round(statistics.median(seconds), 2),
+                "max_s": round(max(seconds), 2),
+            }
+            for how, seconds in times.items()
+            if seconds
+        },
+    }
+
+
+def main(
+    rounds: int = typer.Argument(3, help="rounds, each stopping one worker each way"),
+    out: Path = OutOption,
+) -> None:
+    """Seconds from a worker stopped (kill -9, SIGTERM) to its partitions owned again; JSON."""
+    out.mkdir(parents=True, exist_ok=True)
+    emit(measure(out, rounds), out / "failover.json")
 
 
 if __name__ == "__main__":
-    main()
+    typer.run(main)

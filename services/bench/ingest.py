@@ -1,22 +1,23 @@
-"""Validated-and-published requests/s through ingest vs raw confluent-kafka produce.
+"""`kbatch bench ingest`: validated-and-published requests/s through ingest against raw
+confluent-kafka produce (the anchor).
 
-Run: make bench-ingest   (or .venv/bin/python -m bench.ingest [N])
-Both paths publish the same records (same bytes, partitions, acks=all,
-idempotence, lz4, linger 5 ms) to a fresh requests topic on the same broker.
+Both paths publish the same records (same bytes, partitions, acks=all, idempotence,
+lz4, linger 5 ms) to a fresh requests topic on the same broker. Prints JSON.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import typer
 from confluent_kafka import Producer
 
-from bench.common import OUT, broker, machine
+from services.bench.measure import OutOption, bench_broker, emit, run_facts
 from services.codec import REQUEST, codec
 from services.harness.kafka import unique_topics
 from services.harness.ports import free_port
@@ -51,7 +52,8 @@ def raw_rate(bootstrap: str, topic: str, lines: list[bytes]) -> float:
     encoded = []
     for number, line in enumerate(lines, 1):
         record = parse_line(number, line, context, limits)
-        assert isinstance(record, dict)
+        if not isinstance(record, dict):
+            raise RuntimeError(f"bench line {number} rejected: {record}")
         encoded.append((record["request_id"].encode(), codec(REQUEST).encode(record)))
     producer = Producer(
         {
@@ -64,7 +66,7 @@ def raw_rate(bootstrap: str, topic: str, lines: list[bytes]) -> float:
     )
     # Warm up: the idempotent producer's id and metadata are not part of the rate.
     producer.produce(topic, encoded[0][1], key=b"warmup", partition=layout_partitions[0])
-    assert producer.flush(60) == 0
+    _flushed(producer)
     started = time.perf_counter()
     for i, (key, value) in enumerate(encoded):
         partition = layout_partitions[i % len(layout_partitions)]
@@ -75,8 +77,13 @@ def raw_rate(bootstrap: str, topic: str, lines: list[bytes]) -> float:
             except BufferError:
                 producer.poll(0.01)
         producer.poll(0)
-    assert producer.flush(60) == 0
+    _flushed(producer)
     return len(encoded) / (time.perf_counter() - started)
+
+
+def _flushed(producer: Producer) -> None:
+    if producer.flush(60) != 0:
+        raise RuntimeError("raw produce: records still unacknowledged after 60 s")
 
 
 def ingest_rate(bootstrap: str, prefix: str, lines: list[bytes], log: Path) -> float:
@@ -101,29 +108,39 @@ def ingest_rate(bootstrap: str, prefix: str, lines: list[bytes], log: Path) -> f
         started = time.perf_counter()
         response = httpx.post(f"{url}/v1/jobs/bench/requests", content=body(), timeout=600)
         elapsed = time.perf_counter() - started
-        assert response.status_code == 200, response.text
-        assert response.json()["accepted"] == len(lines), response.text
+        if response.status_code != 200 or response.json()["accepted"] != len(lines):
+            raise RuntimeError(f"ingest answered {response.status_code}: {response.text}")
     finally:
         service.terminate()
     return len(lines) / elapsed
 
 
-def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000
-    OUT.mkdir(parents=True, exist_ok=True)
+def measure(out: Path, n: int) -> dict[str, Any]:
     lines = batch_lines(n)
-    with broker() as bootstrap:
+    with bench_broker() as bootstrap:
         raw = raw_rate(bootstrap, unique_topics(bootstrap).requests, lines)
         via_ingest = ingest_rate(
-            bootstrap, unique_topics(bootstrap).prefix, lines, OUT / "ingest.log"
+            bootstrap, unique_topics(bootstrap).prefix, lines, out / "ingest.log"
         )
-    print(f"machine: {machine()}; {n} chat lines")
-    print("| path | requests/s |")
-    print("|---|---|")
-    print(f"| raw confluent-kafka produce (pre-encoded) | {raw:,.0f} |")
-    print(f"| ingest HTTP: parse + validate + encode + publish + ack | {via_ingest:,.0f} |")
-    print(f"| ratio ingest / raw | {via_ingest / raw:.2f} |")
+    return {
+        **run_facts(),
+        "requests": n,
+        "anchor": "raw confluent-kafka produce of the same pre-encoded records",
+        "anchor_requests_per_s": round(raw, 1),
+        "ingest": "ingest over HTTP: parse + validate + encode + publish + ack",
+        "ingest_requests_per_s": round(via_ingest, 1),
+        "ratio": round(via_ingest / raw, 3),
+    }
+
+
+def main(
+    requests: int = typer.Argument(50_000, help="chat lines published each way"),
+    out: Path = OutOption,
+) -> None:
+    """Ingest's validated-and-published rate against raw confluent-kafka produce; JSON."""
+    out.mkdir(parents=True, exist_ok=True)
+    emit(measure(out, requests), out / "ingest.json")
 
 
 if __name__ == "__main__":
-    main()
+    typer.run(main)

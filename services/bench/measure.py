@@ -1,13 +1,27 @@
-"""Rates and the facts printed beside them (machine, commit, date)."""
+"""Rates, the facts printed beside them (machine, commit, date), and where a bench
+keeps its broker and writes its JSON."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
+
+import typer
+
+from services.harness.broker import running_broker
+
+# Relative to the current directory, so an installed kbatch needs no checkout.
+STATE = Path(".kbatch")
+JAR_CACHE = STATE / "jars"
+OUT = STATE / "bench"
+OutOption = typer.Option(OUT, help="directory for the bench's logs, state and JSON")
 
 
 def steady_rate(completed_s: list[float]) -> float:
@@ -37,3 +51,17 @@ def run_facts() -> dict[str, Any]:
         "commit": commit,
         "date": f"{datetime.now(UTC):%Y-%m-%d}",
     }
+
+
+def bench_broker() -> AbstractContextManager[str]:
+    """The broker KBATCH_BOOTSTRAP_SERVERS names, else one of the benches' own."""
+    return running_broker(STATE / "bench-kafka", JAR_CACHE)
+
+
+def emit(result: dict[str, Any], path: Path | None) -> None:
+    """Print `result` as JSON, and write it to `path` too when one is given."""
+    text = json.dumps(result, indent=2)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n", encoding="utf-8")
+    typer.echo(text)

@@ -1,25 +1,26 @@
-"""Plot the main dashboard panels from a real Prometheus during a demo-sized run.
+"""`kbatch bench metrics-plot`: the main dashboard panels from a real Prometheus during a
+demo-sized run (needs the `plots` extra and a `prometheus` binary).
 
-Run: .venv/bin/pip install -e '.[plots]' && .venv/bin/python -m bench.metrics_plot
 Starts (or uses) a broker, the scheduler, ingest and two simulated workers, a
-Prometheus (Debian's) scraping them every second, submits the shipped sample files
-at two priorities through the Batch API, then asks Prometheus for the panels'
-series over the run and draws them to docs/metrics.png. The queries are the
-dashboards' own (services/observability/catalog.py).
+Prometheus scraping them every second, submits the shipped sample files at two
+priorities through the Batch API, then asks Prometheus for the panels' series over
+the run and draws them to a PNG (the README's is docs/metrics.png). The queries are
+the dashboards' own (services/observability/catalog.py). Prints JSON.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import shutil
 import subprocess
 import time
-from typing import Any
+from pathlib import Path
 
 import httpx
-import matplotlib
-import yaml
+import typer
 
-from bench.common import OUT, ROOT, broker, machine
+from services.bench.measure import OutOption, bench_broker, emit, run_facts
 from services.harness.kafka import unique_topics, wait_for
 from services.harness.pipeline import (
     ingest_env,
@@ -28,11 +29,8 @@ from services.harness.pipeline import (
     start_scheduler,
 )
 from services.harness.ports import free_port
-from services.observability.catalog import DASHBOARDS
+from services.observability.catalog import DASHBOARDS, Panel
 from services.resources import data_dir
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # after use(): the backend must be chosen first
 
 PANELS = (
     ("kbatch-overview", "Results out /s"),
@@ -42,16 +40,16 @@ PANELS = (
 )
 
 
-def panel(uid: str, title: str) -> Any:
+def panel(uid: str, title: str) -> Panel:
     dashboard = next(d for d in DASHBOARDS if d.uid == uid)
     return next(p for p in dashboard.panels if p.title == title)
 
 
-def start_prometheus(targets: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+def start_prometheus(out: Path, targets: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    config = OUT / "prometheus.yml"
-    config.write_text(
-        yaml.safe_dump(
+    config = out / "prometheus.yml"
+    config.write_text(  # JSON is YAML: no YAML writer needed
+        json.dumps(
             {
                 "global": {"scrape_interval": "1s"},
                 "scrape_configs": [
@@ -61,7 +59,7 @@ def start_prometheus(targets: dict[str, str]) -> tuple[subprocess.Popen[bytes], 
             }
         )
     )
-    tsdb = OUT / "tsdb"
+    tsdb = out / "tsdb"
     shutil.rmtree(tsdb, ignore_errors=True)
     process = subprocess.Popen(
         [
@@ -91,23 +89,22 @@ def submit(client: httpx.Client, priority: str) -> str:
     return str(client.post("/v1/batches", json=body).json()["id"])
 
 
-def main() -> None:
-    OUT.mkdir(parents=True, exist_ok=True)
-    with broker() as bootstrap:
+def plot_run(out: Path, figure: Path) -> None:
+    with bench_broker() as bootstrap:
         topics = unique_topics(bootstrap)
-        scheduler, scheduler_url = start_scheduler(bootstrap, topics, OUT, "plot-scheduler")
+        scheduler, scheduler_url = start_scheduler(bootstrap, topics, out, "plot-scheduler")
         sim = {"SIMULATED__STEP_S": "0.02", "SIMULATED__MAX_NUM_SEQS": "32"}
         workers = [
-            start_follower(bootstrap, topics, OUT, name, pool, 6, **sim)
+            start_follower(bootstrap, topics, out, name, pool, 6, **sim)
             for name, pool in (("plot-a", "dedicated"), ("plot-b", "spot"))
         ]
-        env = ingest_env(bootstrap, topics, OUT / "plot-files", scheduler_url)
-        ingest, ingest_url = start_ingest_process(env, OUT / "plot-ingest.log")
+        env = ingest_env(bootstrap, topics, out / "plot-files", scheduler_url)
+        ingest, ingest_url = start_ingest_process(env, out / "plot-ingest.log")
         targets = {"kbatch-ingest": ingest_url, "kbatch-scheduler": scheduler_url}
         targets.update({f"kbatch-inference-{i}": url for i, (_, url) in enumerate(workers)})
-        prometheus, prom_url = start_prometheus(targets)
+        prometheus, prom_url = start_prometheus(out, targets)
         try:
-            time.sleep(5)
+            time.sleep(5)  # time is the point: a few scrapes before the job, for the baseline
             started = time.time()
             with httpx.Client(base_url=ingest_url, timeout=300) as client:
                 batches = [submit(client, p) for p in ("high", "low")]
@@ -120,18 +117,37 @@ def main() -> None:
                     "batches completed",
                     interval_s=1,
                 )
-            time.sleep(8)
-            draw(prom_url, started - 5, time.time())
+            time.sleep(8)  # and a few after it, so the rates fall back in the plot
+            draw(prom_url, started - 5, time.time(), figure)
         finally:
             prometheus.terminate()
             ingest.terminate()
             for process, _ in workers:
                 process.terminate()
             scheduler.terminate()
-    print(f"wrote docs/metrics.png ({machine()})")
 
 
-def draw(prom_url: str, start: float, end: float) -> None:
+def main(
+    out: Path = OutOption,
+    figure: Path | None = typer.Option(None, help="the PNG to write; default OUT/metrics.png"),
+) -> None:
+    """The main dashboard panels from a real Prometheus during a demo-sized run; JSON."""
+    if importlib.util.find_spec("matplotlib") is None or shutil.which("prometheus") is None:
+        raise SystemExit(
+            "metrics-plot needs matplotlib (pip install 'kbatch[plots]') and prometheus"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    figure = figure or out / "metrics.png"
+    plot_run(out, figure)
+    emit({**run_facts(), "figure": str(figure)}, out / "metrics-plot.json")
+
+
+def draw(prom_url: str, start: float, end: float, path: Path) -> None:
+    import matplotlib  # the plots extra, needed by this bench only
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # after use(): the backend must be chosen first
+
     figure, axes = plt.subplots(2, 2, figsize=(12, 7))
     for ax, (uid, title) in zip(axes.flat, PANELS, strict=True):
         chosen = panel(uid, title)
@@ -155,10 +171,9 @@ def draw(prom_url: str, start: float, end: float) -> None:
         "kbatch demo run: 3,000 sample requests (simulated engine), scraped by Prometheus"
     )
     figure.tight_layout()
-    docs = ROOT / "docs"
-    docs.mkdir(exist_ok=True)
-    figure.savefig(docs / "metrics.png", dpi=90)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=90)
 
 
 if __name__ == "__main__":
-    main()
+    typer.run(main)

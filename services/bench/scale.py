@@ -1,6 +1,6 @@
-"""Scale: a 200,000-request job through the Batch API, and 1/2/4-worker scaling.
+"""`kbatch bench scale`: a 200,000-request job through the Batch API, and 1/2/4-worker
+scaling.
 
-Run: make bench-scale   (or .venv/bin/python -m bench.scale [requests] [scaling requests])
 Part 1: three batches (high, normal, low: 10/30/60 % of the requests, mixed
 prompt and output lengths) are uploaded to ingest and run by a scheduler and two
 simulated workers; the collector writes the output files. Every 2 s the RSS of
@@ -9,7 +9,8 @@ stay flat while the backlog is large (nothing holds the backlog in memory).
 Latency per priority is end to end, from ingest's acceptance to the result.
 Part 2: the same cost model, 1, 2 and 4 workers on one job published straight to
 the requests topic (8 partitions, so partitions >= 2 x workers).
-Writes docs/scale.png (needs the `plots` extra) and prints the tables.
+Draws RSS and backlog to a PNG (needs the `plots` extra; the README's is
+docs/scale.png) and prints JSON.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import json
 import random
 import shutil
 import statistics
-import sys
 import threading
 import time
 from collections import defaultdict
@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from confluent_kafka import Consumer, TopicPartition
+import typer
+from confluent_kafka import TopicPartition
 
-from bench.common import OUT, ROOT, machine
-from services.bench.measure import steady_rate
+from services.bench.measure import OutOption, emit, run_facts, steady_rate
 from services.codec import RESULT, codec
+from services.harness.chaos_rig import own_broker
 from services.harness.kafka import unique_topics, wait_for
 from services.harness.pipeline import (
     ingest_env,
@@ -48,9 +49,9 @@ from services.inference.engines.simulated import ideal_requests_per_s
 from services.inference.settings import SimulatedEngineOptions
 from services.kafka import local_broker
 from services.kafka.compacted import read_to_end
+from services.kafka.consumers import ConsumerRole, make_consumer
 from services.kafka.lag import partition_backlog
 from services.settings import TopicSettings
-from tests.chaos.rig import own_broker
 
 SIM = SimulatedEngineOptions(step_s=0.005, max_num_seqs=32, tokens_per_step=1)
 ENGINE = {
@@ -88,7 +89,12 @@ class Sampler:
         self._thread.join()
 
     def _run(self) -> None:
-        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "kbatch-inference"})
+        # The workers' group, for its committed offsets; never assigned, never commits.
+        consumer = make_consumer(
+            {"bootstrap.servers": self.bootstrap},
+            ConsumerRole.COMMITTED_READER,
+            "kbatch-inference",
+        )
         started = time.monotonic()
         try:
             while not self._stop.wait(self.every_s):
@@ -134,24 +140,25 @@ def batch_file(n: int, lane: str, rng: random.Random) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def big_job(broker: local_broker.BrokerLayout, total: int) -> dict[str, Any]:
+def big_job(broker: local_broker.BrokerLayout, out: Path, total: int) -> dict[str, Any]:
     bootstrap = broker.bootstrap
     topics = unique_topics(bootstrap, high_partitions=2, normal_partitions=4, low_partitions=2)
     rng = random.Random(7)
     files = {lane: batch_file(int(total * share), lane, rng) for lane, share in SHARES.items()}
     scheduler, scheduler_url = start_scheduler(
-        bootstrap, topics, OUT, "scale-scheduler", LOG_LEVEL="WARNING"
+        bootstrap, topics, out, "scale-scheduler", LOG_LEVEL="WARNING"
     )
     workers = [
-        start_follower(bootstrap, topics, OUT, f"scale-w{i}", "dedicated", 8, **ENGINE)[0]
+        start_follower(bootstrap, topics, out, f"scale-w{i}", "dedicated", 8, **ENGINE)[0]
         for i in range(WORKERS)
     ]
     env = ingest_env(
-        bootstrap, topics, OUT / "scale-files", scheduler_url, KBATCH_LOG_LEVEL="WARNING"
+        bootstrap, topics, out / "scale-files", scheduler_url, KBATCH_LOG_LEVEL="WARNING"
     )
-    ingest, url = start_ingest_process(env, OUT / "scale-ingest.log")
+    ingest, url = start_ingest_process(env, out / "scale-ingest.log")
     pid = local_broker.running_pid(broker)
-    assert pid is not None
+    if pid is None:
+        raise RuntimeError("the bench's broker is not running")
     pids = {"kafka": pid, "ingest": ingest.process.pid, "scheduler": scheduler.process.pid}
     pids.update({f"worker {i}": w.process.pid for i, w in enumerate(workers)})
     processes = [ingest, scheduler, *workers]
@@ -199,7 +206,7 @@ def _finished(client: httpx.Client, batch_id: str) -> dict[str, Any] | None:
     return batch if batch["status"] in {"completed", "failed", "cancelled", "expired"} else None
 
 
-def scaling(broker: local_broker.BrokerLayout, n: int, workers: int) -> float:
+def scaling(broker: local_broker.BrokerLayout, out: Path, n: int, workers: int) -> float:
     bootstrap = broker.bootstrap
     topics = unique_topics(bootstrap, high_partitions=2, normal_partitions=4, low_partitions=2)
     rng = random.Random(workers)
@@ -208,9 +215,9 @@ def scaling(broker: local_broker.BrokerLayout, n: int, workers: int) -> float:
     ]
     publish(bootstrap, topics, records)
     name = f"scaling-{workers}"
-    scheduler, _ = start_scheduler(bootstrap, topics, OUT, name, LOG_LEVEL="WARNING")
+    scheduler, _ = start_scheduler(bootstrap, topics, out, name, LOG_LEVEL="WARNING")
     started = [
-        start_follower(bootstrap, topics, OUT, f"{name}-{i}", "dedicated", 8, **SCALING_ENGINE)[0]
+        start_follower(bootstrap, topics, out, f"{name}-{i}", "dedicated", 8, **SCALING_ENGINE)[0]
         for i in range(workers)
     ]
     try:
@@ -218,15 +225,19 @@ def scaling(broker: local_broker.BrokerLayout, n: int, workers: int) -> float:
     finally:
         for process in [*started, scheduler]:
             process.terminate(timeout_s=60)
-    assert len(found.results) == n, f"{n - len(found.results)} results missing"
+    if len(found.results) != n:
+        raise RuntimeError(f"scaling, {workers} workers: {n - len(found.results)} results missing")
     return steady_rate([r["completed_at_ms"] / 1000 for r in found.results])
 
 
-def percentiles(values: list[float]) -> str:
-    cuts = statistics.quantiles(values, n=100)
-    return f"{cuts[49] / 1000:.1f} / {cuts[94] / 1000:.1f} / {cuts[98] / 1000:.1f} / " + (
-        f"{max(values) / 1000:.1f}"
-    )
+def percentiles_s(values_ms: list[float]) -> dict[str, float]:
+    cuts = statistics.quantiles(values_ms, n=100)
+    return {
+        "p50": round(cuts[49] / 1000, 1),
+        "p95": round(cuts[94] / 1000, 1),
+        "p99": round(cuts[98] / 1000, 1),
+        "max": round(max(values_ms) / 1000, 1),
+    }
 
 
 def plot(samples: list[dict[str, Any]], path: Path) -> bool:
@@ -236,7 +247,7 @@ def plot(samples: list[dict[str, Any]], path: Path) -> bool:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib missing (pip install -e '.[plots]'): no plot")
+        typer.echo("matplotlib missing (pip install 'kbatch[plots]'): no plot", err=True)
         return False
     figure, (rss, backlog) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
     for name in (k for k in samples[0] if k not in {"t", "backlog", "published"}):
@@ -248,79 +259,96 @@ def plot(samples: list[dict[str, Any]], path: Path) -> bool:
     backlog.set_ylabel("requests backlog")
     backlog.set_xlabel("seconds")
     figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=90)
     return True
 
 
-def main() -> None:
-    total = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
-    scaling_n = int(sys.argv[2]) if len(sys.argv) > 2 else 12_000
-    OUT.mkdir(parents=True, exist_ok=True)
-    mean_steps = statistics.mean(MAX_TOKENS)
-    ideal_one = ideal_requests_per_s(SIM, mean_steps)
-    ideal_scaling = ideal_requests_per_s(SCALING_SIM, mean_steps)
-    for leftover in ("scale-kafka", "scale-files"):  # each run starts from nothing
-        shutil.rmtree(OUT / leftover, ignore_errors=True)
-    broker = own_broker(OUT / "scale-kafka")
-    try:
-        job = big_job(broker, total)
-        rates = {w: scaling(broker, scaling_n, w) for w in (1, 2, 4)}
-    finally:
-        local_broker.down(broker)
+def job_figures(job: dict[str, Any], ideal_one: float) -> dict[str, Any]:
+    """The 200K job's rates, memory and latency per priority."""
     results = job["results"]
     out_rate = steady_rate([r["completed_at_ms"] / 1000 for r in results])
     by_lane: dict[str, list[float]] = defaultdict(list)
     for r in results:
         by_lane[r["priority"]].append(r["timings"]["queue_wait_ms"] + r["timings"]["inference_ms"])
-    rss_cols = [k for k in job["samples"][0] if k not in {"t", "backlog", "published"}]
-    print(f"machine: {machine()}")
-    print(
-        f"cost model: {SIM.max_num_seqs} seqs, {SIM.step_s * 1000:.0f} ms/step, "
-        f"max_tokens from {MAX_TOKENS} (mean {mean_steps:.1f} steps)\n"
-    )
-    print("| 200K job | value |")
-    print("|---|---|")
-    print(
-        f"| requests (high / normal / low) | {job['requests']:,} "
-        f"({' / '.join(str(len(by_lane[lane])) for lane in SHARES)}) |"
-    )
-    print(
-        f"| results in the output files | {sum(job['lines'].values()):,} "
-        f"(batches {', '.join(f'{k} {v}' for k, v in job['states'].items())}) |"
-    )
-    print(f"| wall time, upload to last batch completed | {job['wall_s']:.0f} s |")
-    print(f"| upload + batch creation (3 files) | {job['submitted_s']:.1f} s |")
-    in_s = next(r["t"] for r in job["samples"] if r["published"] >= job["requests"])
-    print(f"| all requests published after (2 s samples) | {in_s:.0f} s |")
-    print(f"| requests/s in (published / that time) | {job['requests'] / in_s:,.0f} |")
-    print(f"| requests/s out (steady state) | {out_rate:,.0f} |")
-    print(f"| ideal, {WORKERS} workers (closed form) | {WORKERS * ideal_one:,.0f} |")
-    print(f"| efficiency out / ideal | {out_rate / (WORKERS * ideal_one):.3f} |")
-    print(f"| peak backlog | {max(s['backlog'] for s in job['samples']):,} |")
-    for col in rss_cols:
-        values = [s[col] for s in job["samples"] if s[col] is not None]
-        print(
-            f"| RSS {col}: first / peak / last MiB | {values[0]:.0f} / {max(values):.0f} / "
-            f"{values[-1]:.0f} |"
-        )
-    print("\n| priority | results | latency s p50 / p95 / p99 / max |")
-    print("|---|---|---|")
-    for lane in SHARES:
-        print(f"| {lane} | {len(by_lane[lane]):,} | {percentiles(by_lane[lane])} |")
-    print(
-        f"\nscaling: {scaling_n:,} requests, {SCALING_SIM.step_s * 1000:.0f} ms/step, 8 partitions"
-    )
-    print("| workers | requests/s (steady) | per worker | vs linear | ideal |")
-    print("|---|---|---|---|---|")
-    for workers, rate in rates.items():
-        print(
-            f"| {workers} | {rate:,.0f} | {rate / workers:,.0f} | "
-            f"{rate / (workers * rates[1]):.2f} | {workers * ideal_scaling:,.0f} |"
-        )
-    (OUT / "scale-samples.json").write_text(json.dumps(job["samples"]))
-    if plot(job["samples"], ROOT / "docs" / "scale.png"):
-        print("\nplot: docs/scale.png")
+    samples = job["samples"]
+    in_s = next(r["t"] for r in samples if r["published"] >= job["requests"])
+    rss: dict[str, dict[str, float]] = {}
+    for col in (k for k in samples[0] if k not in {"t", "backlog", "published"}):
+        values = [s[col] for s in samples if s[col] is not None]
+        rss[col] = {
+            "first": round(values[0]),
+            "peak": round(max(values)),
+            "last": round(values[-1]),
+        }
+    return {
+        "requests": job["requests"],
+        "results_by_priority": {lane: len(by_lane[lane]) for lane in SHARES},
+        "output_file_lines": job["lines"],
+        "batch_states": job["states"],
+        "wall_s": round(job["wall_s"]),
+        "submitted_s": round(job["submitted_s"], 1),
+        "all_published_after_s": round(in_s),
+        "requests_per_s_in": round(job["requests"] / in_s),
+        "requests_per_s_out": round(out_rate, 1),
+        "ideal_requests_per_s": round(WORKERS * ideal_one, 1),
+        "efficiency": round(out_rate / (WORKERS * ideal_one), 3),
+        "peak_backlog": max(s["backlog"] for s in samples),
+        "rss_mib": rss,
+        "latency_s": {lane: percentiles_s(by_lane[lane]) for lane in SHARES},
+    }
+
+
+def measure(out: Path, total: int, scaling_n: int, figure: Path) -> dict[str, Any]:
+    mean_steps = statistics.mean(MAX_TOKENS)
+    ideal_one = ideal_requests_per_s(SIM, mean_steps)
+    ideal_scaling = ideal_requests_per_s(SCALING_SIM, mean_steps)
+    for leftover in ("scale-kafka", "scale-files"):  # each run starts from nothing
+        shutil.rmtree(out / leftover, ignore_errors=True)
+    broker = own_broker(out / "scale-kafka")
+    try:
+        job = big_job(broker, out, total)
+        rates = {w: scaling(broker, out, scaling_n, w) for w in (1, 2, 4)}
+    finally:
+        local_broker.down(broker)
+    (out / "scale-samples.json").write_text(json.dumps(job["samples"]))
+    return {
+        **run_facts(),
+        "cost_model": {
+            "max_num_seqs": SIM.max_num_seqs,
+            "step_ms": SIM.step_s * 1000,
+            "max_tokens": list(MAX_TOKENS),
+            "mean_steps": mean_steps,
+        },
+        "job": job_figures(job, ideal_one),
+        "scaling": {
+            "requests": scaling_n,
+            "step_ms": SCALING_SIM.step_s * 1000,
+            "partitions": 8,
+            "workers": {
+                str(workers): {
+                    "requests_per_s": round(rate, 1),
+                    "per_worker": round(rate / workers, 1),
+                    "vs_linear": round(rate / (workers * rates[1]), 2),
+                    "ideal": round(workers * ideal_scaling, 1),
+                }
+                for workers, rate in rates.items()
+            },
+        },
+        "figure": str(figure) if plot(job["samples"], figure) else None,
+    }
+
+
+def main(
+    requests: int = typer.Argument(200_000, help="requests in the big Batch API job"),
+    scaling_requests: int = typer.Argument(12_000, help="requests per scaling run"),
+    out: Path = OutOption,
+    figure: Path | None = typer.Option(None, help="the PNG to write; default OUT/scale.png"),
+) -> None:
+    """A big Batch API job (memory, latency per priority), then 1/2/4 workers; JSON."""
+    out.mkdir(parents=True, exist_ok=True)
+    emit(measure(out, requests, scaling_requests, figure or out / "scale.png"), out / "scale.json")
 
 
 if __name__ == "__main__":
-    main()
+    typer.run(main)

@@ -18,11 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
 from services.codec import DEAD_LETTER, RESULT, codec
 from services.collector.openai_format import dead_letter_line, result_line
 from services.errors import DecodeError, KafkaUnavailableError
+from services.kafka.consumers import ConsumerRole, make_consumer
+from services.kafka.reader import TopicReader
 from services.kafka.retries import KAFKA_RETRIES
 from services.logs import get_logger
 
@@ -58,7 +60,7 @@ def job_file(job_id: str, name: str) -> str:
 
 
 class Collector:
-    """One collector per file store; `run()` loops on a thread until stopped."""
+    """One collector per file store; reads on a thread from `start()` to `stop()`."""
 
     def __init__(
         self, kafka_config: dict[str, Any], results_topic: str, dlq_topic: str, root: Path
@@ -69,8 +71,15 @@ class Collector:
         self._checkpoint_path = root / "collector-checkpoint.json"
         self.checkpoint = Checkpoint.load(self._checkpoint_path)
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._reader = TopicReader(
+            "collector",
+            self._open,
+            self._start_positions,
+            self._write,
+            self._on_error,
+            max_records=1000,
+            timeout_s=0.5,
+        )
 
     # -- what the Batch API reads ---------------------------------------------------
     def collected(self, job_id: str) -> tuple[int, int]:
@@ -81,34 +90,24 @@ class Collector:
 
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name="collector", daemon=True)
-        self._thread.start()
+        self._reader.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-
-    def run(self) -> None:
-        self._restore_files()
-        consumer = Consumer(
-            {
-                **self._kafka_config,
-                "group.id": "kbatch-collector",
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-            }
-        )
-        try:
-            consumer.assign(self._start_positions(consumer))
-            while not self._stop.is_set():
-                messages = consumer.consume(1000, 0.5)
-                if messages:
-                    self._write(messages)
-        finally:
-            consumer.close()
+        self._reader.stop()
 
     # -- internals ------------------------------------------------------------------
+    def _open(self) -> Consumer:
+        """Cut the files back to the checkpoint, then open the consumer that resumes there."""
+        self._restore_files()
+        return make_consumer(
+            self._kafka_config,
+            ConsumerRole.COMMITTED_READER,
+            "kbatch-collector",
+            # librdkafka's default, as before the factory: a checkpointed offset that no
+            # longer exists resumes at the partition's end.
+            **{"auto.offset.reset": "latest"},
+        )
+
     def _start_positions(self, consumer: Consumer) -> list[TopicPartition]:
         positions = []
         for topic in self._topics:
@@ -117,6 +116,13 @@ class Collector:
                 offset = self.checkpoint.offsets.get(f"{topic}:{partition}", OFFSET_BEGINNING)
                 positions.append(TopicPartition(topic, partition, offset))
         return positions
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            raise KafkaUnavailableError(f"collector read failed: {error}")
+        # A broker down or restarting: librdkafka reconnects and fetches again.
+        KAFKA_RETRIES.labels("collector", "consume").inc()
+        log.warning("collector read interrupted; librdkafka retries", error=str(error))
 
     def _restore_files(self) -> None:
         """Cut every job file back to what the checkpoint covers."""
@@ -135,14 +141,6 @@ class Collector:
         appends: dict[str, list[bytes]] = defaultdict(list)
         offsets: dict[str, int] = {}
         for message in messages:
-            error = message.error()
-            if error is not None:
-                if error.fatal():
-                    raise KafkaUnavailableError(f"collector read failed: {error}")
-                # A broker down or restarting: librdkafka reconnects and fetches again.
-                KAFKA_RETRIES.labels("collector", "consume").inc()
-                log.warning("collector read interrupted; librdkafka retries", error=str(error))
-                continue
             key, line = self._line_for(message)
             appends[key].append(line)
             offsets[f"{message.topic()}:{message.partition()}"] = (message.offset() or 0) + 1

@@ -1,20 +1,19 @@
 """A running deployment to break: broker, topics, scheduler, workers, a job, and its checks.
 
 Used by the short chaos test (every fault in turn on one job) and by
-`bench/chaos` (each fault alone, many times, into a report table). The rig plays
+`kbatch bench chaos` (each fault alone, many times, into a report). The rig plays
 the supervisor too: a service that exits asking for a restart is restarted.
 """
 
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import TopicPartition
 
 from services.codec import DEAD_LETTER, RESULT, codec
 from services.harness.cluster import Cluster
@@ -31,22 +30,22 @@ from services.harness.ports import free_port
 from services.harness.processes import ServiceProcess
 from services.inference.worker import EXIT_TRANSACTION_HUNG
 from services.kafka import local_broker
+from services.kafka.consumers import ConsumerRole, make_consumer
 from services.lanes import Lane
-from services.scheduler.app import EXIT_STALLED
 from services.settings import TopicSettings
 
-ROOT = Path(__file__).resolve().parents[2]
 JOB = "chaos"
 HEARTBEAT_TIMEOUT_S = 4.0  # start_scheduler's test setting
+JAR_CACHE = Path(".kbatch") / "jars"  # relative to the current directory
 
 
-def own_broker(directory: Path) -> local_broker.BrokerLayout:
+def own_broker(directory: Path, jar_cache: Path = JAR_CACHE) -> local_broker.BrokerLayout:
     """A broker of the rig's own: restarting it must not disturb anyone else's."""
     layout = local_broker.BrokerLayout(
         directory,
         port=free_port(),
         controller_port=free_port(),
-        jar_cache=ROOT / ".kbatch" / "jars",
+        jar_cache=jar_cache.resolve(),
     )
     local_broker.up(layout)
     return layout
@@ -71,13 +70,8 @@ class ResultsTail:
     """Outcomes of the job committed so far, read incrementally (read_committed)."""
 
     def __init__(self, bootstrap: str, topics: TopicSettings) -> None:
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"chaos-tail-{uuid.uuid4().hex}",
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-            }
+        self._consumer = make_consumer(
+            {"bootstrap.servers": bootstrap}, ConsumerRole.COMMITTED_READER
         )
         self._consumer.assign(
             [TopicPartition(topics.results, p, 0) for p in range(topics.results_partitions)]
@@ -168,6 +162,9 @@ class ChaosRig:
 
     def supervise(self) -> None:
         """Restart what exited asking for a restart, as a supervisor would."""
+        # Here, not at the top: the scheduler app imports faust (the scheduler extra).
+        from services.scheduler.app import EXIT_STALLED
+
         if self.scheduler.process.poll() == EXIT_STALLED:
             self.exits[f"stalled {time.monotonic_ns()}"] = self.scheduler.terminate()
             self.start_scheduler()

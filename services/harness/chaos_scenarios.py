@@ -6,7 +6,8 @@ Recovery, per fault:
   partition it held;
 - the scheduler killed -9: from the kill until its successor counts at least what
   was committed at the kill;
-- the broker restarted: from its stop until new results are committed;
+- the broker restarted (away for BROKER_AWAY_S): from its stop until new results
+  are committed;
 - ingest killed -9 mid-upload: from the kill until its successor is healthy (the
   upload is then repeated and its batch checked whole).
 Every scenario leaves the rig running at full strength (replacements started).
@@ -22,10 +23,12 @@ from collections.abc import Callable, Iterator
 
 import httpx
 
+from services.harness.chaos_rig import HEARTBEAT_TIMEOUT_S, ChaosRig
 from services.harness.kafka import wait_for
 from services.harness.pipeline import batch_line, ingest_env, start_ingest_process, submit_batch
 from services.kafka import local_broker
-from tests.chaos.rig import HEARTBEAT_TIMEOUT_S, ChaosRig
+
+BROKER_AWAY_S = 2.0
 
 
 def _holder(rig: ChaosRig) -> tuple[str, set[int]]:
@@ -103,8 +106,10 @@ def restart_broker(rig: ChaosRig) -> float:
     committed = rig.done()
     since = time.monotonic()
     assert rig.broker is not None, "the single-broker restart needs the rig's own broker"
-    local_broker.down(rig.broker)
-    time.sleep(2)
+    local_broker.down(rig.broker)  # returns once the broker process has exited
+    # Time is the fault: an outage (connections refused, requests and commits failing and
+    # retried), not a restart too quick for any client to notice.
+    time.sleep(BROKER_AWAY_S)
     local_broker.up(rig.broker)
 
     def flowing() -> bool:

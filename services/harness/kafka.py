@@ -7,9 +7,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any, cast
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import KafkaError, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from services.kafka.consumers import ConsumerRole, make_consumer
 from services.kafka.topics import ensure_topics, topic_catalog
 from services.settings import TopicSettings
 
@@ -31,14 +32,9 @@ def read_topic(
     committed_only: bool = True,
 ) -> list[Message]:
     """Every record on `topic` from the start; waits for `expect` records when given."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"reader-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed" if committed_only else "read_uncommitted",
-            "enable.partition.eof": True,
-        }
+    role = ConsumerRole.COMMITTED_READER if committed_only else ConsumerRole.READER
+    consumer = make_consumer(
+        {"bootstrap.servers": bootstrap}, role, **{"enable.partition.eof": True}
     )
     metadata = consumer.list_topics(topic, timeout=10).topics[topic]
     partitions = [TopicPartition(topic, p, 0) for p in metadata.partitions]

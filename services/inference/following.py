@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
 from services.codec import ASSIGNMENT, JOB, codec
 from services.errors import DecodeError
+from services.kafka.consumers import ConsumerRole, make_consumer
+from services.kafka.reader import TopicReader
 from services.logs import get_logger
 
 log = get_logger("following")
@@ -27,41 +28,33 @@ class TopicFollower:
         self._kafka_config = kafka_config
         self._topic = topic
         self._on_record = on_record
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        # One record a call: consume() returns with the first, as soon as it arrives.
+        self._reader = TopicReader(
+            f"follow-{topic}",
+            self._open,
+            lambda _: [TopicPartition(topic, 0, OFFSET_BEGINNING)],
+            self._hand_on,
+            self._on_error,
+            max_records=1,
+            timeout_s=0.2,
+        )
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"follow-{self._topic}", daemon=True)
-        self._thread.start()
+        self._reader.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        self._reader.stop()
 
-    def _run(self) -> None:
-        consumer = Consumer(
-            {
-                **self._kafka_config,
-                "group.id": "kbatch-follower",
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-            }
-        )
-        consumer.assign([TopicPartition(self._topic, 0, OFFSET_BEGINNING)])
-        try:
-            while not self._stop.is_set():
-                message = consumer.poll(0.2)
-                if message is None:
-                    continue
-                error = message.error()
-                if error is not None:
-                    if error.code() != KafkaError._PARTITION_EOF:
-                        log.warning("control topic read error", topic=self._topic, error=str(error))
-                    continue
-                self._on_record(message.key() or b"", message.value())
-        finally:
-            consumer.close()
+    def _open(self) -> Consumer:
+        return make_consumer(self._kafka_config, ConsumerRole.COMMITTED_READER, "kbatch-follower")
+
+    def _hand_on(self, records: list[Message]) -> None:
+        for message in records:
+            self._on_record(message.key() or b"", message.value())
+
+    def _on_error(self, error: KafkaError) -> None:
+        # librdkafka reconnects and fetches again; the follower reads on.
+        log.warning("control topic read error", topic=self._topic, error=str(error))
 
 
 def assignment_handler(worker_id: str, on_assignment: OnAssignment) -> OnRecord:

@@ -48,6 +48,7 @@ from services.inference.settings import (
     MIN_DEFAULT_UNCOMMITTED,
     InferenceSettings,
 )
+from services.kafka.consumers import ConsumerRole, make_consumer
 from services.kafka.lag import end_offsets
 from services.kafka.retries import KAFKA_RETRIES, jittered_backoff_s
 from services.kafka.stats import stats_config
@@ -151,7 +152,7 @@ class Worker:
         """Run until `stop` (exit 0 after draining) or engine death (exit 3). The
         consumer, the engine and every transactional producer are closed on every exit."""
         async with contextlib.AsyncExitStack() as resources:
-            self._consumer = Consumer(self._consumer_config())
+            self._consumer = self._open_consumer()
             resources.callback(self._close_consumer)
             resources.push_async_callback(self._close_producers)
             self._group_metadata = self._consumer.consumer_group_metadata()
@@ -514,7 +515,11 @@ class Worker:
         handle, so probing through the worker's consumer stalled its consume() and
         the event loop behind it (bench.engines, llamacpp: 0.33 of the binding's rate).
         """
-        probe = Consumer(self.settings.kafka_config(**{"group.id": self.settings.inference_group}))
+        probe = make_consumer(
+            self.settings.kafka_config(),
+            ConsumerRole.COMMITTED_READER,  # its end offsets: last stable offsets
+            self.settings.inference_group,
+        )
         try:
             while not stop.is_set():
                 await wait_event(stop, LANE_PROBE_S)
@@ -558,21 +563,19 @@ class Worker:
             raise RuntimeError("worker consumer used outside run()")
         return self._consumer
 
-    def _consumer_config(self) -> dict[str, Any]:
-        return self.settings.kafka_config(
+    def _open_consumer(self) -> Consumer:
+        return make_consumer(
+            self.settings.kafka_config(),
+            ConsumerRole.MEMBER,
+            self.settings.inference_group,
             **{
-                "group.id": self.settings.inference_group,
                 "client.id": f"kbatch-inference-{self.options.worker_id}",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "isolation.level": "read_committed",
-                "auto.offset.reset": "earliest",
                 "fetch.max.bytes": self.options.fetch_max_bytes,
                 "queued.max.messages.kbytes": self.options.queued_max_kbytes,
                 # A resumed partition's first fetch must not sit behind a long poll.
                 "fetch.wait.max.ms": 100,
                 **stats_config("inference-consumer"),
-            }
+            },
         )
 
     def _producer_overrides(self) -> dict[str, Any]:

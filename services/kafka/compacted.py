@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, TopicPartition
 
 from services.errors import KafkaUnavailableError
+from services.kafka.consumers import ConsumerRole, make_consumer
 
 Value = TypeVar("Value")
 
@@ -19,14 +20,8 @@ def read_to_end(kafka_config: dict[str, Any], topic: str, group: str) -> Iterato
     marker that no message carries. The group id commits nothing; it only names the
     reader to the broker.
     """
-    consumer = Consumer(
-        {
-            **kafka_config,
-            "group.id": group,
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-        }
+    consumer = make_consumer(
+        kafka_config, ConsumerRole.COMMITTED_READER, group, **{"enable.partition.eof": True}
     )
     try:
         partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions

@@ -7,6 +7,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from services.kafka.consumers import ConsumerRole, make_consumer
 from services.lanes import Lane, LaneLayout, lane_backlog, unconsumed
 from services.logs import get_logger
 
@@ -79,16 +80,9 @@ class BacklogMonitor:
         self.last_error: str | None = None
 
     def start(self) -> None:
-        # Never subscribes or commits: the group id only selects whose offsets are read.
-        consumer = Consumer(
-            {
-                **self._kafka_config,
-                "group.id": self._group,
-                "enable.auto.commit": False,
-                # Committed offsets without waiting for open transactions to settle.
-                "isolation.level": "read_uncommitted",
-            }
-        )
+        # Never subscribes or commits: the group id only selects whose offsets are read;
+        # a READER reads them without waiting for open transactions to settle.
+        consumer = make_consumer(self._kafka_config, ConsumerRole.READER, self._group)
         self._refresh(consumer)
         self._thread = threading.Thread(
             target=self._run, args=(consumer,), name="backlog", daemon=True

@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, KafkaException
 
 from services.codec import HEARTBEAT, JOB, codec
 from services.errors import DecodeError, KbatchError
+from services.kafka.consumers import ConsumerRole, make_consumer
 from services.kafka.lag import end_offsets, partition_backlog
 from services.kafka.producer import AsyncProducer
 from services.lifecycle import exit_now, wait_event
@@ -191,16 +192,11 @@ class SchedulerService:
     def _backlog_consumer_or_new(self) -> Consumer:
         if self._backlog_consumer is None:
             # Never subscribes or commits: the group id only selects whose offsets are read.
-            self._backlog_consumer = Consumer(
-                {
-                    **self.settings.kafka_config(),
-                    "group.id": self.settings.inference_group,
-                    "enable.auto.commit": False,
-                    # read_committed makes committed() wait for stable offsets, i.e. for
-                    # a dead worker's open transaction to time out (60 s), and the pass
-                    # that would hand its partitions on waited with it.
-                    "isolation.level": "read_uncommitted",
-                }
+            # A READER is read_uncommitted: read_committed makes committed() wait for
+            # stable offsets, i.e. for a dead worker's open transaction to time out
+            # (60 s), and the pass that would hand its partitions on waited with it.
+            self._backlog_consumer = make_consumer(
+                self.settings.kafka_config(), ConsumerRole.READER, self.settings.inference_group
             )
         return self._backlog_consumer
 

@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, Message, TopicPartition
 from services.codec import DEAD_LETTER, RESULT, codec
 from services.errors import DecodeError, DeliveryError
 from services.kafka.compacted import read_latest
+from services.kafka.consumers import ConsumerRole, make_consumer
 from services.kafka.producer import AsyncProducer, DeliveryBatch
 from services.logs import get_logger
 from services.scheduler import metrics
@@ -73,15 +74,12 @@ class JobProgress:
             for p in partitions:
                 self.tallies[(topic, p)] = checkpoints.get(tally_key(topic, p), PartitionTally())
         log.info("job progress restored", partitions=len(self.tallies), jobs=len(self.job_ids()))
-        consumer = Consumer(
-            {
-                **self._settings.kafka_config(),
-                "group.id": f"{self._settings.topics.prefix}-job-progress",
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-                # Only when a checkpoint's offset has been deleted by retention.
-                "auto.offset.reset": "earliest",
-            }
+        # The role's auto.offset.reset (earliest) applies only where a checkpoint's
+        # offset has been deleted by retention.
+        consumer = make_consumer(
+            self._settings.kafka_config(),
+            ConsumerRole.COMMITTED_READER,
+            f"{self._settings.topics.prefix}-job-progress",
         )
         consumer.assign(
             [TopicPartition(t, p, tally.next_offset) for (t, p), tally in self.tallies.items()]

@@ -1,6 +1,6 @@
 """Faults during a running job, short form: every fault in turn on one job.
 
-`bench/chaos` runs the long form (each fault alone, many times, a report table).
+`kbatch bench chaos` runs the long form (each fault alone, many times, a report table).
 Afterwards every request is in the results (read_committed) exactly once or in
 the DLQ with a reason, and the scheduler's job count agrees.
 """
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from services.harness.chaos_rig import ChaosRig, own_broker
+from services.harness.chaos_scenarios import SCENARIOS
 from services.kafka import local_broker
-from tests.chaos.rig import ChaosRig, own_broker
-from tests.chaos.scenarios import SCENARIOS
 
 ENGINE = {
     "SIMULATED__STEP_S": "0.02",

@@ -18,10 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from services.harness.chaos_rig import JAR_CACHE, ChaosRig
 from services.harness.cluster import running_cluster
 from services.harness.kafka import unique_topics
 from services.harness.pipeline import outcomes, publish, request_record, start_worker
-from tests.chaos.rig import ROOT, ChaosRig
 
 ENGINE = {"SIMULATED__STEP_S": "0.02", "SIMULATED__MAX_NUM_SEQS": "8"}  # ~70 requests/s
 OUTAGE_S = 45  # past every client timeout (30 s)
@@ -38,7 +38,7 @@ def retries(worker_url: str, operation: str) -> float:
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[ChaosRig]:
-    with running_cluster(tmp_path / "cluster", ROOT / ".kbatch" / "jars") as cluster:
+    with running_cluster(tmp_path / "cluster", JAR_CACHE.resolve()) as cluster:
         built = ChaosRig(None, tmp_path, ENGINE, cluster=cluster)
         try:
             yield built

@@ -13,10 +13,10 @@ import openai
 import pytest
 
 from services.codec import REQUEST, codec
+from services.harness.chaos_rig import own_broker
 from services.harness.kafka import read_topic, unique_topics, wait_for
 from services.harness.pipeline import batch_line, ingest_env, start_ingest_process
 from services.kafka import local_broker
-from tests.chaos.rig import own_broker
 
 LINES = 20_000
 

@@ -78,6 +78,12 @@ def wait_status(
     )
 
 
+def completed(client: openai.OpenAI, batch_id: str) -> int:
+    counts = client.batches.retrieve(batch_id).request_counts
+    assert counts is not None
+    return counts.completed
+
+
 def jsonl(client: openai.OpenAI, file_id: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in client.files.content(file_id).text.splitlines()]
 
@@ -116,7 +122,7 @@ def test_a_cancelled_batch_ends_cancelled_with_partial_output(stack: Stack, tmp_
     lines = [batch_line(f"k{i}", max_tokens=40) for i in range(3000)]
     batch = create_batch(stack.client, tmp_path, lines)
     wait_status(stack.client, batch.id, {"in_progress"})
-    wait_for(lambda: stack.client.batches.retrieve(batch.id).request_counts.completed > 0, 60)
+    wait_for(lambda: completed(stack.client, batch.id) > 0, 60)
     assert stack.client.batches.cancel(batch.id).status == "cancelling"
     done = wait_status(stack.client, batch.id, {"cancelled"}, timeout_s=120)
     counts = done.request_counts
@@ -158,7 +164,7 @@ def test_cancelling_stops_the_requests_already_in_the_engine(stack: Stack, tmp_p
 def test_collector_killed_mid_job_resumes_without_duplicates(stack: Stack, tmp_path: Path) -> None:
     lines = [batch_line(f"r{i}", max_tokens=20) for i in range(1500)]
     batch = create_batch(stack.client, tmp_path, lines)
-    wait_for(lambda: stack.client.batches.retrieve(batch.id).request_counts.completed > 200, 60)
+    wait_for(lambda: completed(stack.client, batch.id) > 200, 60)
     stack.processes[0].kill()  # ingest, and the collector inside it, die mid-job
     stack.processes[0] = start_ingest_process(stack.ingest_env, tmp_path / "ingest-2.log")[0]
     done = wait_status(stack.client, batch.id, {"completed"})

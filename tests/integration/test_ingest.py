@@ -89,7 +89,7 @@ def test_valid_file_lands_on_its_lanes_and_decodes(bootstrap: str, ingest: Inges
 
     messages = read_topic(bootstrap, ingest.topics.requests, expect=200)
     layout = ingest.topics.lane_layout()
-    decoded = [(m.partition(), m.key(), codec(REQUEST).decode(m.value())) for m in messages]
+    decoded = [(m.partition() or 0, m.key(), codec(REQUEST).decode(m.value())) for m in messages]
     assert len(decoded) == 200
     for partition, key, record in decoded:
         assert layout.lane_of(partition) == Lane(record["priority"])

@@ -54,7 +54,9 @@ def rank_of(views: list[PartitionView]) -> dict[int, tuple[int, int]]:
 
 
 @given(workers_st, backlogs_st, current_st())
-def test_capacity_eligibility_and_exactly_one_place(workers, backlogs, current):
+def test_capacity_eligibility_and_exactly_one_place(
+    workers: list[WorkerView], backlogs: list[int], current: dict[str, list[int]]
+) -> None:
     views = partitions_of(backlogs)
     result = assign(workers, views, current)
     fleet = {w.worker_id: w for w in workers}
@@ -66,14 +68,18 @@ def test_capacity_eligibility_and_exactly_one_place(workers, backlogs, current):
 
 
 @given(workers_st, backlogs_st, current_st())
-def test_nothing_waits_while_room_is_free(workers, backlogs, current):
+def test_nothing_waits_while_room_is_free(
+    workers: list[WorkerView], backlogs: list[int], current: dict[str, list[int]]
+) -> None:
     result = assign(workers, partitions_of(backlogs), current)
     free = sum(w.capacity - len(result.by_worker[w.worker_id]) for w in workers if w.eligible)
     assert not (result.waiting and free > 0)
 
 
 @given(workers_st, backlogs_st, current_st())
-def test_no_waiting_partition_outranks_a_placed_one(workers, backlogs, current):
+def test_no_waiting_partition_outranks_a_placed_one(
+    workers: list[WorkerView], backlogs: list[int], current: dict[str, list[int]]
+) -> None:
     views = partitions_of(backlogs)
     ranks = rank_of(views)
     result = assign(workers, views, current)
@@ -84,7 +90,9 @@ def test_no_waiting_partition_outranks_a_placed_one(workers, backlogs, current):
 
 
 @given(workers_st, backlogs_st, current_st())
-def test_a_decision_is_stable_when_nothing_changes(workers, backlogs, current):
+def test_a_decision_is_stable_when_nothing_changes(
+    workers: list[WorkerView], backlogs: list[int], current: dict[str, list[int]]
+) -> None:
     views = partitions_of(backlogs)
     first = assign(workers, views, current)
     again = assign(workers, views, first.by_worker)
@@ -93,7 +101,9 @@ def test_a_decision_is_stable_when_nothing_changes(workers, backlogs, current):
 
 
 @given(workers_st, backlogs_st, current_st())
-def test_moves_only_when_a_rule_forces_them(workers, backlogs, current):
+def test_moves_only_when_a_rule_forces_them(
+    workers: list[WorkerView], backlogs: list[int], current: dict[str, list[int]]
+) -> None:
     """A partition on an eligible worker within capacity moves only if displaced."""
     views = partitions_of(backlogs)
     result = assign(workers, views, current)
@@ -106,7 +116,7 @@ def test_moves_only_when_a_rule_forces_them(workers, backlogs, current):
 
 
 @given(backlogs_st)
-def test_high_lane_prefers_dedicated_and_low_prefers_spot(backlogs):
+def test_high_lane_prefers_dedicated_and_low_prefers_spot(backlogs: list[int]) -> None:
     workers = [
         WorkerView("d1", Pool.DEDICATED, 3),
         WorkerView("s1", Pool.SPOT, 3),
@@ -123,7 +133,7 @@ def test_high_lane_prefers_dedicated_and_low_prefers_spot(backlogs):
         assert len(spot) == 3
 
 
-def test_waiting_low_partition_is_placed_when_a_worker_joins():
+def test_waiting_low_partition_is_placed_when_a_worker_joins() -> None:
     views = partitions_of([5] * LAYOUT.total)
     small = [WorkerView("d1", Pool.DEDICATED, 7)]
     before = assign(small, views, {})
@@ -135,7 +145,7 @@ def test_waiting_low_partition_is_placed_when_a_worker_joins():
     assert after.moved == frozenset()
 
 
-def test_a_dead_workers_partitions_go_to_the_survivor():
+def test_a_dead_workers_partitions_go_to_the_survivor() -> None:
     views = partitions_of([1] * LAYOUT.total)
     fleet = [WorkerView("a", Pool.DEDICATED, 10), WorkerView("b", Pool.DEDICATED, 10)]
     first = assign(fleet, views, {})
@@ -144,7 +154,7 @@ def test_a_dead_workers_partitions_go_to_the_survivor():
     assert after.moved == first.by_worker["a"]
 
 
-def test_a_drained_lane_gives_its_slots_to_waiting_work():
+def test_a_drained_lane_gives_its_slots_to_waiting_work() -> None:
     fleet = [WorkerView("d1", Pool.DEDICATED, 3)]
     busy_high = partitions_of([9, 9, 9] + [0] * 4 + [7, 7, 7])
     first = assign(fleet, busy_high, {})
@@ -154,7 +164,7 @@ def test_a_drained_lane_gives_its_slots_to_waiting_work():
     assert after.by_worker["d1"] == frozenset(LAYOUT.partitions(Lane.LOW))
 
 
-def test_unhealthy_and_draining_workers_get_nothing():
+def test_unhealthy_and_draining_workers_get_nothing() -> None:
     views = partitions_of([1] * LAYOUT.total)
     fleet = [
         WorkerView("sick", Pool.DEDICATED, 10, healthy=False),
@@ -165,7 +175,7 @@ def test_unhealthy_and_draining_workers_get_nothing():
     assert result.waiting == tuple(range(LAYOUT.total))
 
 
-def test_a_moved_partition_waits_for_its_old_owner_to_let_go():
+def test_a_moved_partition_waits_for_its_old_owner_to_let_go() -> None:
     decided = Assignment({"a": frozenset(), "b": frozenset({1, 2})}).by_worker
     still_on_a = publishable(decided, {"a": frozenset({1}), "b": frozenset()})
     assert still_on_a == {"a": frozenset(), "b": frozenset({2})}
@@ -173,7 +183,7 @@ def test_a_moved_partition_waits_for_its_old_owner_to_let_go():
     assert released == decided
 
 
-def test_drained_partitions_never_trade_places():
+def test_drained_partitions_never_trade_places() -> None:
     fleet = [WorkerView("d1", Pool.DEDICATED, 3)]
     low_busy = partitions_of([0, 0, 0] + [0] * 4 + [5, 5, 5])
     first = assign(fleet, low_busy, {})

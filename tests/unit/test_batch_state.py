@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from services.ingest import batch_state
 from services.ingest.batch_state import Progress
 
 
-def fresh(window: str = "24h") -> dict:
+def fresh(window: str = "24h") -> dict[str, Any]:
     batch = batch_state.new_batch(
         "batch_1", "file-1", "/v1/chat/completions", window, None, "high", 1000
     )

@@ -18,7 +18,7 @@ def split(data: bytes, cuts: list[int], max_bytes: int = 1000) -> list[RawLine]:
 
 
 line_text = st.text(
-    alphabet=st.characters(blacklist_characters="\n\r", blacklist_categories=("Cs",)), max_size=30
+    alphabet=st.characters(blacklist_characters="\n\r", blacklist_categories=["Cs"]), max_size=30
 )
 
 

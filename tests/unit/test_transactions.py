@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from services.errors import FencedError, KafkaUnavailableError, ProducerFatalError
 from services.kafka.transactions import OutRecord, TransactionalProducer
@@ -103,7 +103,7 @@ def test_a_timed_out_init_is_resumed_on_the_same_producer() -> None:
     for _ in range(2):
         with pytest.raises(KafkaUnavailableError):
             txn.open()
-        assert txn._producer is producer  # kept: the next call resumes it
+        assert txn._producer is cast(Producer, producer)  # kept: the next call resumes it
     txn.open()
     txn.open()  # idempotent once initialised
     assert producer.calls == 3
