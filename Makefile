@@ -57,18 +57,10 @@ kafka-up: $(STAMP)
 kafka-down: $(STAMP)
 	$(BIN)/kbatch kafka down
 
-# Each bench prints JSON and keeps it, with its logs, under .kbatch/bench (--out DIR).
-bench-ingest: $(STAMP)
-	$(BIN)/kbatch bench ingest
-
-bench-pipeline: $(STAMP)
-	$(BIN)/kbatch bench pipeline
-
-bench-failover: $(STAMP)
-	$(BIN)/kbatch bench failover
-
-bench-chaos: $(STAMP)
-	$(BIN)/kbatch bench chaos
+# Each bench prints JSON and keeps it, with its logs, under .kbatch/bench (--out DIR):
+# bench-ingest, bench-pipeline, bench-failover, bench-chaos.
+bench-%: $(STAMP)
+	$(BIN)/kbatch bench $*
 
 # The README's figure; the plot needs `pip install -e '.[plots]'`.
 bench-scale: $(STAMP)

@@ -16,45 +16,32 @@ from services.kafka.reader import TopicReader
 BASE = {"bootstrap.servers": "b:9092", "security.protocol": "SSL", "isolation.level": "x"}
 
 
-def test_a_member_commits_only_in_transactions_and_reads_committed_records() -> None:
-    assert consumer_config(BASE, ConsumerRole.MEMBER, "kbatch-inference") == {
+@pytest.mark.parametrize(
+    ("role", "isolation"),
+    [
+        # The worker: offsets go only through its transactions.
+        (ConsumerRole.MEMBER, "read_committed"),
+        # Offsets and backlogs: sees what is published, committed or not.
+        (ConsumerRole.READER, "read_uncommitted"),
+        # Results, dead letters, compacted state: only what a transaction committed.
+        (ConsumerRole.COMMITTED_READER, "read_committed"),
+    ],
+)
+def test_no_role_commits_offsets_by_itself(role: ConsumerRole, isolation: str) -> None:
+    assert consumer_config(BASE, role, "kbatch-inference") == {
         "bootstrap.servers": "b:9092",
         "security.protocol": "SSL",
         "group.id": "kbatch-inference",
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
-        "isolation.level": "read_committed",
+        "isolation.level": isolation,
     }
 
 
 def test_a_member_needs_its_group() -> None:
     with pytest.raises(ValueError, match="group"):
         consumer_config(BASE, ConsumerRole.MEMBER)
-
-
-def test_a_reader_commits_nothing_and_sees_uncommitted_offsets() -> None:
-    assert consumer_config(BASE, ConsumerRole.READER, "kbatch-inference") == {
-        "bootstrap.servers": "b:9092",
-        "security.protocol": "SSL",
-        "group.id": "kbatch-inference",
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
-        "isolation.level": "read_uncommitted",
-    }
-
-
-def test_a_committed_reader_commits_nothing_and_reads_committed_records() -> None:
-    assert consumer_config(BASE, ConsumerRole.COMMITTED_READER, "kbatch-follower") == {
-        "bootstrap.servers": "b:9092",
-        "security.protocol": "SSL",
-        "group.id": "kbatch-follower",
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
-        "isolation.level": "read_committed",
-    }
 
 
 def test_a_reader_without_a_group_gets_a_unique_one() -> None:
