@@ -30,6 +30,13 @@ class RunnerConfig:
     retry_max_s: float
 
 
+@dataclass
+class Tries:
+    """Engine calls made for one request so far."""
+
+    count: int = 1
+
+
 class RequestRunner:
     """Turns a request record into the records to publish for it."""
 
@@ -43,28 +50,23 @@ class RequestRunner:
         queue_wait_s = max(0.0, time.time() - record["submitted_at_ms"] / 1000)
         metrics.QUEUE_WAIT_SECONDS.observe(queue_wait_s)
         started = time.monotonic()
-        tries = 0
-        request = EngineRequest.from_record(record)
+        request = EngineRequest.from_record(record, attempt=record["attempt"])
         served = self._engine.served_model
         if request.model != served:
             refusal = ModelNotServedError(
                 f"this worker serves {served!r}, not the requested model {request.model!r}"
             )
             return [self._dead_letter(origin, record, refusal, "model_not_served", 0)]
+        tries = Tries()
         try:
-            async for attempt in engine_retrying(
-                config.max_attempts, config.retry_initial_s, config.retry_max_s
-            ):
-                with attempt:
-                    if tries:
-                        metrics.RETRIES.inc()
-                    tries += 1
-                    this_try = dataclasses.replace(request, attempt=record["attempt"] + tries - 1)
-                    output = await self._generate_backing_off_oom(this_try)
+            try:
+                output = await self._generate_backing_off_oom(request)
+            except TransientEngineError as first_failure:
+                output = await self._retried(request, record, first_failure, tries)
         except InvalidRequestError as exc:
-            return [self._dead_letter(origin, record, exc, "inference", tries)]
+            return [self._dead_letter(origin, record, exc, "inference", tries.count)]
         except TransientEngineError as exc:
-            return [self._dead_letter(origin, record, exc, "retries_exhausted", tries)]
+            return [self._dead_letter(origin, record, exc, "retries_exhausted", tries.count)]
         inference_s = time.monotonic() - started
         metrics.REQUEST_SECONDS.observe(inference_s)
         metrics.OUTPUT_TOKENS.inc(output.completion_tokens)
@@ -79,9 +81,35 @@ class RequestRunner:
                 origin,
                 queue_wait_s,
                 inference_s,
-                record["attempt"] + tries,
+                record["attempt"] + tries.count,
             )
         ]
+
+    async def _retried(
+        self,
+        request: EngineRequest,
+        record: dict[str, Any],
+        first_failure: TransientEngineError,
+        tries: Tries,
+    ) -> EngineOutput:
+        """The retry policy, after a first try failed transiently. The failure is replayed
+        into the policy as its first attempt, so its back-off, Retry-After and attempt
+        limit count it; tenacity's bookkeeping (a Future with a lock per attempt) costs
+        too much to pay on every request that succeeds at once."""
+        config = self._config
+        replay: TransientEngineError | None = first_failure
+        async for attempt in engine_retrying(
+            config.max_attempts, config.retry_initial_s, config.retry_max_s
+        ):
+            with attempt:
+                if replay is not None:
+                    failure, replay = replay, None
+                    raise failure
+                metrics.RETRIES.inc()
+                tries.count += 1
+                this_try = dataclasses.replace(request, attempt=record["attempt"] + tries.count - 1)
+                return await self._generate_backing_off_oom(this_try)
+        raise AssertionError("the retry policy ended without an outcome")  # it reraises
 
     async def _generate_backing_off_oom(self, request: EngineRequest) -> EngineOutput:
         """Out of memory: halve the engine's concurrency and try again, down to one sequence."""

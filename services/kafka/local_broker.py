@@ -55,7 +55,8 @@ class BrokerLayout:
 
     @property
     def jars(self) -> Path:
-        return self.jar_cache or self.home / "jars"
+        # Absolute: Maven resolves a relative output directory against the pom's folder.
+        return (self.jar_cache or self.home / "jars").resolve()
 
     @property
     def data(self) -> Path:
