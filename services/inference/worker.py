@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,6 +97,7 @@ class Worker:
         self.accepting_work = True  # cleared by an unhealthy GPU
         self.dead_reason: str | None = None
         self._consumer: Consumer | None = None
+        self._fetcher: ThreadPoolExecutor | None = None
         self._group_metadata: Any = None
         # Partitions being taken (their producers kept for a retry to resume) and the
         # failures in a row of each with the loop time of its next try.
@@ -154,6 +156,9 @@ class Worker:
         async with contextlib.AsyncExitStack() as resources:
             self._consumer = self._open_consumer()
             resources.callback(self._close_consumer)
+            # Fetching never queues behind commits and probes in the default executor.
+            self._fetcher = ThreadPoolExecutor(1, thread_name_prefix="fetch")
+            resources.callback(self._fetcher.shutdown)
             resources.push_async_callback(self._close_producers)
             self._group_metadata = self._consumer.consumer_group_metadata()
             await self.engine.start()
@@ -197,7 +202,9 @@ class Worker:
             self._slot_freed.clear()
             await wait_event(self._slot_freed, 0.1)
             return
-        messages = await asyncio.to_thread(consumer.consume, min(budget, 500), 0.1)
+        messages = await asyncio.get_running_loop().run_in_executor(
+            self._fetcher, consumer.consume, min(budget, 500), 0.1
+        )
         for message in messages:
             self._accept(message)
 
