@@ -21,6 +21,7 @@ from services.dlq.cli import dlq_app
 from services.kafka import local_broker
 from services.kafka.topics import describe_topics, ensure_topics, topic_catalog
 from services.settings import CommonSettings
+from services.stack import cli as stack_cli
 
 app = typer.Typer(help="kbatch: batch LLM inference over Apache Kafka", no_args_is_help=True)
 kafka_app = typer.Typer(help="A local single-node KRaft broker from Maven Central jars")
@@ -43,6 +44,9 @@ app.command("submit")(client_cli.submit)
 app.command("jobs")(client_cli.jobs)
 app.command("status")(client_cli.status)
 app.command("results")(client_cli.results)
+app.command("up")(stack_cli.up)
+app.command("down")(stack_cli.down)
+app.command("ps")(stack_cli.ps)
 
 
 def _layout(home: Path | None, port: int) -> local_broker.BrokerLayout:

@@ -9,7 +9,6 @@ request counts; the output files are downloaded; everything is shut down.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -24,80 +23,16 @@ from confluent_kafka.admin import AdminClient
 from rich.console import Console
 from rich.progress import Progress
 
-from services.harness.llama_server import llama_server
 from services.harness.processes import wait_serving
-from services.inference.gpu import sample_gpus
-from services.inference.settings import served_name_of
 from services.kafka import local_broker
 from services.kafka.topics import ensure_topics, topic_catalog
-from services.models.tiny import ensure_tiny_model
 from services.resources import data_dir
 from services.settings import TopicSettings
+from services.stack.engine import EngineChoice, choose_engine, prepare_engine
+from services.stack.plan import Deployment, WorkerSlot, service_specs
 
 KBATCH = str(Path(sys.executable).with_name("kbatch"))
-INGEST, SCHEDULER = "http://127.0.0.1:18080", "http://127.0.0.1:18070"
 console = Console()
-
-
-@dataclass(frozen=True)
-class DemoEngine:
-    """The engine the demo's workers run, and what their results will say."""
-
-    name: str
-    worker_env: dict[str, str]
-    served_model: str
-
-
-def choose_engine(requested: str | None) -> str:
-    """vllm when a GPU and vLLM are both here; otherwise llamacpp on the tiny model."""
-    if requested:
-        return requested
-    gpus = sample_gpus()
-    if gpus.available and importlib.util.find_spec("vllm") is not None:
-        return "vllm"
-    why = gpus.nvml_error or "vLLM is not installed"
-    console.print(f"no GPU engine ({why}): using llamacpp", markup=False)
-    return "llamacpp"
-
-
-def prepare_engine(name: str, root: Path, stack: contextlib.ExitStack) -> DemoEngine:
-    """Model file, server and worker settings for `name`; says plainly what will answer."""
-    model = os.environ.get("KBATCH_INFERENCE__MODEL")
-    own_server = "KBATCH_INFERENCE__OPENAI__BASE_URL" in os.environ
-    if name == "vllm" and model is None:
-        raise SystemExit("the vllm engine needs KBATCH_INFERENCE__MODEL (a path or hub id)")
-    if name == "openai" and own_server and model is None:
-        raise SystemExit("set KBATCH_INFERENCE__MODEL to the model name your server serves")
-    env: dict[str, str] = {}
-    if name in ("llamacpp", "openai") and model is None:
-        model = str(ensure_tiny_model(root / "models"))
-        console.print(
-            f"[bold yellow]MODEL: the tiny random-weight GGUF[/] ({model}): real llama.cpp "
-            "inference, gibberish answers. Point KBATCH_INFERENCE__MODEL at your own GGUF "
-            "for real ones."
-        )
-    if name == "openai" and not own_server:
-        assert model is not None
-        served = served_name_of(model)
-        env["KBATCH_INFERENCE__OPENAI__BASE_URL"] = stack.enter_context(
-            llama_server(Path(model), root / "demo-logs" / "llama-server.log", alias=served)
-        )
-        console.print(
-            f"openai engine: llama_cpp.server at {env['KBATCH_INFERENCE__OPENAI__BASE_URL']}"
-        )
-        model = served
-    if name == "simulated":
-        console.print(
-            "[bold yellow]ENGINE: simulated[/]: every output says \\[simulated] and "
-            "engine=simulated; nothing here is a model's answer."
-        )
-    if model is not None:
-        env["KBATCH_INFERENCE__MODEL"] = model
-    served = os.environ.get("KBATCH_INFERENCE__SERVED_MODEL_NAME") or served_name_of(
-        model or "kbatch-sim"
-    )
-    console.print(f"ENGINE: {name}, serving {served!r}", markup=False)
-    return DemoEngine(name, {"KBATCH_INFERENCE__ENGINE": name, **env}, served)
 
 
 @dataclass
@@ -171,12 +106,12 @@ def run_demo(requested_engine: str | None = None) -> None:
     logs = root / "demo-logs"
     logs.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
-        engine = prepare_engine(choose_engine(requested_engine), root, stack)
+        engine = prepare_engine(choose_engine(requested_engine), root, logs, stack)
         _run_services(engine, root, logs)
     console.print(f"demo finished in {time.monotonic() - started:.0f}s; logs in {logs}")
 
 
-def _run_services(engine: DemoEngine, root: Path, logs: Path) -> None:
+def _run_services(engine: EngineChoice, root: Path, logs: Path) -> None:
     started = time.monotonic()
     layout = local_broker.BrokerLayout(root / "demo-kafka", port=19092, controller_port=19093)
     bootstrap = local_broker.up(layout)
@@ -188,48 +123,28 @@ def _run_services(engine: DemoEngine, root: Path, logs: Path) -> None:
         "KBATCH_TOPICS__PREFIX": topics.prefix,
         "KBATCH_LOG_LEVEL": "WARNING",
     }
+    deployment = Deployment(
+        scheduler_port=18070,
+        ingest_port=18080,
+        workers=(WorkerSlot("worker-a", "dedicated", 18091), WorkerSlot("worker-b", "spot", 18092)),
+        scheduler_dir=root / "demo-scheduler",
+        file_dir=root / "demo-files",
+    )
     services = Services([], logs)
     try:
-        scheduler = services.start(
-            "scheduler",
-            ["scheduler"],
-            {
-                **env,
-                "KBATCH_SCHEDULER__HTTP_PORT": "18070",
-                "KBATCH_SCHEDULER__DATA_DIR": str(root / "demo-scheduler"),
-            },
-        )
-        ingest = services.start(
-            "ingest",
-            ["ingest"],
-            {
-                **env,
-                "KBATCH_INGEST__HTTP_PORT": "18080",
-                "KBATCH_INGEST__FILE_DIR": str(root / "demo-files"),
-                "KBATCH_INGEST__SCHEDULER_URL": SCHEDULER,
-                "KBATCH_INGEST__SERVED_MODELS": json.dumps([engine.served_model]),
-            },
-        )
-        for name, pool, port in (("worker-a", "dedicated", "18091"), ("worker-b", "spot", "18092")):
-            services.start(
-                name,
-                ["inference"],
-                {
-                    **env,
-                    **engine.worker_env,
-                    "KBATCH_INFERENCE__WORKER_ID": name,
-                    "KBATCH_INFERENCE__POOL": pool,
-                    "KBATCH_INFERENCE__FOLLOW_SCHEDULER": "true",
-                    "KBATCH_INFERENCE__HTTP_PORT": port,
-                },
-            )
-        for process, url in ((scheduler, SCHEDULER), (ingest, INGEST)):
-            wait_serving(f"{url}/healthz", 90, process, describe=lambda: f"logs in {logs}")
+        specs = service_specs(deployment, engine)
+        started_specs = [
+            (services.start(spec.name, list(spec.args), {**env, **spec.env}), spec)
+            for spec in specs
+        ]
+        for process, spec in started_specs:
+            if spec.name in ("scheduler", "ingest"):
+                wait_serving(f"{spec.url}/healthz", 90, process, describe=lambda: f"logs in {logs}")
         console.print(
             f"services up after {time.monotonic() - started:.0f}s; submitting the sample job"
         )
         samples = data_dir("samples")
-        with httpx.Client(base_url=INGEST, timeout=300) as client:
+        with httpx.Client(base_url=deployment.url(deployment.ingest_port), timeout=300) as client:
             submitted = time.monotonic()
             batches = {
                 submit(client, samples / f"candidates-{p}.jsonl", engine.served_model, p): p

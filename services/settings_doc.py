@@ -15,12 +15,14 @@ from services.inference.settings import InferenceSettings
 from services.ingest.settings import IngestSettings
 from services.scheduler.settings import SchedulerSettings
 from services.settings import CommonSettings
+from services.stack.settings import StackSettings
 
 SERVICES: tuple[type[CommonSettings], ...] = (
     CommonSettings,
     IngestSettings,
     SchedulerSettings,
     InferenceSettings,
+    StackSettings,
 )
 
 

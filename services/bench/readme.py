@@ -12,14 +12,28 @@ import sys
 from pathlib import Path
 from typing import Any
 
-BENCH_FILES = {"engines": Path("docs/bench/engines.json")}
+BENCH_FILES = {
+    "engines": Path("docs/bench/engines.json"),
+    "pipeline": Path("docs/bench/pipeline.json"),
+    "ingest": Path("docs/bench/ingest.json"),
+}
+
+
+def _measured(result: dict[str, Any]) -> str:
+    return (
+        f"Measured {result['date']} on {result['machine']} ({result['python']}), commit "
+        f"{result['commit']}, broker on the same machine."
+    )
+
+
+def _goal(ratio: float, goal: float) -> str:
+    return f"≥ {goal} ({'met' if ratio >= goal else '**not met**'})"
 
 
 def engines_table(result: dict[str, Any]) -> str:
     """The engines bench as a markdown table."""
     rows = [
-        f"Measured {result['date']} on {result['machine']} ({result['python']}), commit "
-        f"{result['commit']}, broker on the same machine.",
+        _measured(result),
         "",
         "| engine | anchor (requests/s) | kbatch (requests/s) | ratio | goal |",
         "|---|---|---|---|---|",
@@ -36,7 +50,50 @@ def engines_table(result: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-RENDERERS = {"engines": engines_table}
+def pipeline_table(result: dict[str, Any]) -> str:
+    """The pipeline bench: one worker, 8 partitions, against ideals and a plain loop."""
+    engines, n = result["engines"], result["requests"]
+    rows = [
+        f"{_measured(result)} One worker owning 8 partitions; {result['statistic']}.",
+        "",
+        "| measurement | ideal or anchor (requests/s) | kbatch (requests/s) | ratio | goal |",
+        "|---|---|---|---|---|",
+        f"| simulated engine, {engines['simulated']}, {engines['tokens']} tokens "
+        f"({n['simulated']:,} requests) | ideal {result['ideal_rps']:,.0f} | "
+        f"{result['worker_rps']:,.1f} | **{result['efficiency']:.3f}** | "
+        f"{_goal(result['efficiency'], 0.97)} |",
+        f"| GPU-class simulated engine, {engines['fast']}, {engines['tokens']} tokens "
+        f"({n['fast']:,} requests) | ideal {result['fast_ideal_rps']:,.0f} | "
+        f"{result['fast_worker_rps']:,.1f} | **{result['fast_efficiency']:.3f}** | "
+        f"{_goal(result['fast_efficiency'], 0.95)} |",
+        f"| message path: zero-cost engine ({n['zero_cost']:,} requests) against a plain "
+        f"confluent-kafka exactly-once loop | {result['plain_eos_rps']:,.0f} | "
+        f"{result['zero_cost_rps']:,.1f} | **{result['zero_cost_over_plain_eos']:.3f}** | "
+        f"{_goal(result['zero_cost_over_plain_eos'], 0.25)} |",
+        f"| transactions on against off, zero-cost engine | "
+        f"{result['zero_cost_transactions_off_rps']:,.1f} (off) | "
+        f"{result['zero_cost_rps']:,.1f} (on) | **{result['txn_on_off_zero_cost']:.3f}** | "
+        f"{_goal(result['txn_on_off_zero_cost'], 0.9)} |",
+    ]
+    return "\n".join(rows)
+
+
+def ingest_table(result: dict[str, Any]) -> str:
+    """The ingest bench: validated publishing over HTTP against raw produce."""
+    return "\n".join(
+        [
+            f"{_measured(result)} {result['requests']:,} chat lines each way.",
+            "",
+            "| path | requests/s |",
+            "|---|---|",
+            f"| {result['anchor']} | {result['anchor_requests_per_s']:,.0f} |",
+            f"| {result['ingest']} | {result['ingest_requests_per_s']:,.0f} |",
+            f"| ratio | **{result['ratio']:.3f}** |",
+        ]
+    )
+
+
+RENDERERS = {"engines": engines_table, "pipeline": pipeline_table, "ingest": ingest_table}
 
 
 def block(name: str, text: str) -> str:

@@ -20,12 +20,14 @@ from starlette.routing import Route
 from services.collector.collector import Collector
 from services.collector.files import FileStore
 from services.ingest import metrics
-from services.ingest.auth import TenantAuth, request_tenant
+from services.ingest.access import Action, Verdict, decide
+from services.ingest.auth import Callers, TenantAuth, is_loopback
 from services.ingest.batch_api import BatchApi
 from services.ingest.batch_book import BatchBook
-from services.ingest.jobs import JobBook
+from services.ingest.jobs import JobBook, JobTotals
 from services.ingest.ledger import JobLedger
 from services.ingest.models import ServedModels
+from services.ingest.owned_files import OwnedFiles
 from services.ingest.settings import IngestSettings
 from services.ingest.upload import Publishing, Upload
 from services.ingest.validation import Limits, RequestContext
@@ -58,12 +60,17 @@ class IngestService:
         self.publishing: Publishing | None = None
         self.uploads_in_flight = 0
         self.jobs: JobBook | None = None
+        self.callers = Callers.from_options(self.options)
         root = Path(self.options.file_dir)
         self.collector = Collector(
             settings.kafka_config(), settings.topics.results, settings.topics.dlq, root
         )
         self.batch_api = BatchApi(
-            FileStore(root), self.collector, self.options.scheduler_url, self.options.retry_after_s
+            OwnedFiles(FileStore(root), self.options.default_tenant),
+            self.collector,
+            self.options.scheduler_url,
+            self.options.retry_after_s,
+            self.callers,
         )
         self.models = ServedModels(self.options.served_models, self.options.scheduler_url)
 
@@ -108,6 +115,13 @@ class IngestService:
             if self.options.collector:
                 self.collector.start()
             log.info("ingest ready", topic=topics.requests, models=sorted(self.models.names()))
+            if not self.options.tenant_tokens and not is_loopback(self.options.http_host):
+                log.warning(
+                    "ingest listens beyond this machine without tenant tokens: every caller "
+                    "sees and changes every tenant's files, batches and jobs; set "
+                    "KBATCH_INGEST__TENANT_TOKENS",
+                    http_host=self.options.http_host,
+                )
             try:
                 yield
             finally:
@@ -149,6 +163,9 @@ class IngestService:
             seal = _flag(request.query_params.get("seal", "false"))
         except ValueError as exc:
             return _error(400, f"bad query parameter: {exc}")
+        job = await self._job(request, Action.CHANGE, claim=True)
+        if isinstance(job, Response):
+            return job
         if self.uploads_in_flight >= self.options.max_uploads_in_flight:
             metrics.BACKPRESSURE_REFUSALS.labels("uploads_in_flight").inc()
             return _error(
@@ -157,7 +174,7 @@ class IngestService:
                 headers={"Retry-After": str(self.options.retry_after_s)},
                 resume_from_line=first_line,
             )
-        tenant = request_tenant(request, self.options.default_tenant)
+        tenant = self.callers.of(request).tenant
         context = RequestContext(job_id, tenant, lane, int(time.time() * 1000))
         self.uploads_in_flight += 1
         metrics.UPLOADS_IN_FLIGHT.inc()
@@ -198,14 +215,30 @@ class IngestService:
 
     async def seal(self, request: Request) -> Response:
         """No more requests will come for the job: its accepted count is its total."""
-        job_id = request.path_params["job_id"]
+        known = await self._job(request, Action.CHANGE, claim=False)
+        if isinstance(known, Response):
+            return known
+        assert self.jobs is not None  # _job answered 503 without it
+        totals = await self.jobs.add(known.job_id, known.tenant, accepted=0, rejected=0, seal=True)
+        return JSONResponse({"job_id": known.job_id, "accepted": totals.accepted, "sealed": True})
+
+    async def _job(self, request: Request, action: Action, *, claim: bool) -> JobTotals | Response:
+        """The path's job, if the caller may do `action` to it; else the refusal. With
+        `claim`, a job id nobody has used becomes the caller's: a job belongs to the
+        tenant that used it first. Another tenant's job answers as a missing one."""
         if self.jobs is None:
             return _error(503, "ingest is starting")
-        known = self.jobs.get(job_id)
-        if known is None:
+        job_id = request.path_params["job_id"]
+        caller = self.callers.of(request)
+        known = await self.jobs.claim(job_id, caller.tenant) if claim else self.jobs.get(job_id)
+        verdict = decide(caller, known.tenant if known else None, action)
+        if verdict is Verdict.FORBID:
+            return _error(
+                403, f"an admin may read and cancel another tenant's jobs, not {action.value} them"
+            )
+        if verdict is Verdict.HIDE or known is None:
             return _error(404, f"no job {job_id!r} has been uploaded")
-        totals = await self.jobs.add(job_id, known.tenant, accepted=0, rejected=0, seal=True)
-        return JSONResponse({"job_id": job_id, "accepted": totals.accepted, "sealed": True})
+        return known
 
 
 def _flag(value: str) -> bool:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from pydantic import SecretStr
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp
+
+from services.ingest.access import Caller, caller_for
+from services.ingest.settings import IngestOptions
 
 OPEN_PATHS = frozenset({"/healthz", "/metrics", "/openapi.json"})
 
@@ -53,9 +58,36 @@ class TenantAuth(BaseHTTPMiddleware):
         return await call_next(request)
 
 
-def request_tenant(request: Request, default: str) -> str:
-    """The token's tenant when tokens are on; else the X-Kbatch-Tenant header or `default`."""
-    tenant = getattr(request.state, "tenant", None)
-    if isinstance(tenant, str):
-        return tenant
-    return request.headers.get("x-kbatch-tenant", default)
+@dataclass(frozen=True)
+class Callers:
+    """Names the caller of each request: its tenant and role (see `access.caller_for`)."""
+
+    tokens_on: bool
+    admins: frozenset[str]
+    default_tenant: str
+
+    @classmethod
+    def from_options(cls, options: IngestOptions) -> Callers:
+        return cls(
+            bool(options.tenant_tokens), frozenset(options.admin_tenants), options.default_tenant
+        )
+
+    def of(self, request: Request) -> Caller:
+        token_tenant = getattr(request.state, "tenant", None)
+        return caller_for(
+            token_tenant if isinstance(token_tenant, str) else None,
+            request.headers.get("x-kbatch-tenant"),
+            tokens_on=self.tokens_on,
+            admins=self.admins,
+            default_tenant=self.default_tenant,
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything

@@ -24,11 +24,12 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from services.collector.collector import ERRORS, OUTPUT, Collector, job_file
-from services.collector.files import FileStore
 from services.ingest import batch_state
-from services.ingest.auth import request_tenant
+from services.ingest.access import Action, Caller, Verdict, can_see, decide
+from services.ingest.auth import Callers
 from services.ingest.batch_book import BatchBook
 from services.ingest.jobs import JobBook
+from services.ingest.owned_files import OwnedFile, OwnedFiles
 from services.ingest.upload import Publishing, Upload
 from services.ingest.validation import RequestContext
 from services.lanes import Lane
@@ -52,17 +53,32 @@ def openai_error(
     return JSONResponse(body, status_code=status)
 
 
+def _guard(caller: Caller, owner: str | None, action: Action, missing: Response) -> Response | None:
+    """The answer refusing `action`, or None when the caller may do it. A hidden object
+    gets `missing`, the very answer a missing one gets."""
+    verdict = decide(caller, owner, action)
+    if verdict is Verdict.HIDE:
+        return missing
+    if verdict is Verdict.FORBID:
+        return openai_error(
+            403, f"an admin may read and cancel another tenant's objects, not {action.value} them"
+        )
+    return None
+
+
 class BatchApi:
     """Routes exist from the start; they answer 503 until `attach()` gave them Kafka."""
 
     def __init__(
         self,
-        files: FileStore,
+        files: OwnedFiles,
         collector: Collector,
         scheduler_url: str | None,
         retry_after_s: float,
+        callers: Callers,
     ) -> None:
         self.files = files
+        self.callers = callers
         self.collector = collector
         self.scheduler_url = scheduler_url
         self.retry_after_s = retry_after_s
@@ -129,27 +145,38 @@ class BatchApi:
             if upload is None or isinstance(upload, str):
                 return openai_error(400, "a file part is required", "file")
             saved = await asyncio.to_thread(
-                self.files.save_upload, upload.file, upload.filename or "upload.jsonl", purpose
+                self.files.save_upload,
+                upload.file,
+                upload.filename or "upload.jsonl",
+                purpose,
+                self.callers.of(request).tenant,
             )
         return JSONResponse(saved.to_json())
 
+    def _file(self, request: Request, action: Action) -> OwnedFile | Response:
+        """The path's file, if the caller may do `action` to it; else the refusal."""
+        found = self.files.get(request.path_params["file_id"])
+        missing = openai_error(404, "no such file", "file_id")
+        refusal = _guard(self.callers.of(request), found.owner if found else None, action, missing)
+        return found if refusal is None and found is not None else refusal or missing
+
     async def get_file(self, request: Request) -> Response:
-        file = self.files.get(request.path_params["file_id"])
-        return (
-            JSONResponse(file.to_json()) if file else openai_error(404, "no such file", "file_id")
-        )
+        found = self._file(request, Action.READ)
+        return found if isinstance(found, Response) else JSONResponse(found.file.to_json())
 
     async def file_content(self, request: Request) -> Response:
-        file = self.files.get(request.path_params["file_id"])
-        if file is None:
-            return openai_error(404, "no such file", "file_id")
-        return FileResponse(self.files.content_path(file), media_type="application/jsonl")
+        found = self._file(request, Action.READ)
+        if isinstance(found, Response):
+            return found
+        return FileResponse(self.files.content_path(found.file), media_type="application/jsonl")
 
     async def delete_file(self, request: Request) -> Response:
-        file_id = request.path_params["file_id"]
-        if not self.files.delete(file_id):
-            return openai_error(404, "no such file", "file_id")
-        return JSONResponse({"id": file_id, "object": "file", "deleted": True})
+        found = self._file(request, Action.CHANGE)
+        if isinstance(found, Response):
+            return found
+        if not self.files.delete(found.file.id):
+            return openai_error(404, "no such file", "file_id")  # deleted meanwhile
+        return JSONResponse({"id": found.file.id, "object": "file", "deleted": True})
 
     # -- batches --------------------------------------------------------------------
     async def create_batch(self, request: Request) -> Response:
@@ -159,9 +186,13 @@ class BatchApi:
             return openai_error(400, "body must be JSON")
         if not isinstance(body, dict):
             return openai_error(400, "body must be a JSON object")
-        file = self.files.get(str(body.get("input_file_id", "")))
-        if file is None:
-            return openai_error(400, "input_file_id names no file", "input_file_id")
+        caller = self.callers.of(request)
+        found = self.files.get(str(body.get("input_file_id", "")))
+        no_file = openai_error(400, "input_file_id names no file", "input_file_id")
+        refusal = _guard(caller, found.owner if found else None, Action.CHANGE, no_file)
+        if refusal is not None or found is None:
+            return refusal or no_file
+        file = found.file
         if body.get("endpoint") not in ENDPOINTS:
             return openai_error(400, f"endpoint must be one of {', '.join(ENDPOINTS)}", "endpoint")
         try:
@@ -174,13 +205,15 @@ class BatchApi:
                 body.get("metadata"),
                 priority.value,
                 int(time.time()),
+                tenant=caller.tenant,
             )
         except ValueError as exc:
             return openai_error(400, str(exc), "completion_window")
+        # The batch's job id is the caller's before any line of it is published.
+        await self.jobs.claim(batch["id"], caller.tenant)
         await self.batches.put(batch)
-        tenant = request_tenant(request, "default")
         task = asyncio.create_task(
-            self._ingest(batch, self.files.content_path(file), tenant, priority)
+            self._ingest(batch, self.files.content_path(file), caller.tenant, priority)
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -240,8 +273,19 @@ class BatchApi:
         )
         log.info("batch ingested", batch_id=batch["id"], accepted=accepted, rejected=len(errors))
 
+    def _batch(self, request: Request, action: Action) -> dict[str, Any] | Response:
+        """The path's batch, if the caller may do `action` to it; else the refusal."""
+        batch = self.batches.get(request.path_params["batch_id"])
+        owner = batch_state.owner(batch, self.callers.default_tenant) if batch else None
+        missing = openai_error(404, "no such batch", "batch_id")
+        refusal = _guard(self.callers.of(request), owner, action, missing)
+        return batch if refusal is None and batch is not None else refusal or missing
+
     async def get_batch(self, request: Request) -> Response:
-        batch = await self._refreshed(request.path_params["batch_id"])
+        found = self._batch(request, Action.READ)
+        if isinstance(found, Response):
+            return found
+        batch = await self._refreshed(found["id"])
         return (
             JSONResponse(batch_state.public(batch))
             if batch
@@ -254,7 +298,9 @@ class BatchApi:
         except ValueError:
             return openai_error(400, "limit must be an integer", "limit")
         after = request.query_params.get("after")
-        ordered = sorted(self.batches.all(), key=lambda b: (b["created_at"], b["id"]), reverse=True)
+        caller, default = self.callers.of(request), self.callers.default_tenant
+        visible = [b for b in self.batches.all() if can_see(caller, batch_state.owner(b, default))]
+        ordered = sorted(visible, key=lambda b: (b["created_at"], b["id"]), reverse=True)
         if after:
             ids = [b["id"] for b in ordered]
             ordered = ordered[ids.index(after) + 1 :] if after in ids else []
@@ -270,9 +316,9 @@ class BatchApi:
         )
 
     async def cancel_batch(self, request: Request) -> Response:
-        batch = self.batches.get(request.path_params["batch_id"])
-        if batch is None:
-            return openai_error(404, "no such batch", "batch_id")
+        batch = self._batch(request, Action.CANCEL)
+        if isinstance(batch, Response):
+            return batch
         if batch["status"] in batch_state.TERMINAL:
             return openai_error(409, f"batch is already {batch['status']}", "batch_id")
         await self.jobs.cancel(batch["id"], "cancelled")
@@ -326,17 +372,19 @@ class BatchApi:
     ) -> dict[str, Any]:
         """Publish the collector's files as the batch's output and error files."""
         batch_id = batch["id"]
+        owner = batch_state.owner(batch, self.callers.default_tenant)
         updated = dict(batch)
         for field, name, kind, lines in (
             ("output_file_id", OUTPUT, "output", output_lines),
             ("error_file_id", ERRORS, "errors", error_lines),
         ):
             if lines:
-                updated[field] = self.files.register_existing(
+                updated[field] = self.files.register_output(
                     f"file-{batch_id}-{kind}",
                     job_file(batch_id, name),
                     f"{batch_id}_{kind}.jsonl",
                     "batch_output",
+                    owner,
                 ).id
         return updated
 

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from services.ingest.access import owner_or_default
+
 TERMINAL = frozenset({"failed", "completed", "expired", "cancelled"})
 _WINDOW = re.compile(r"^(\d+)([hd])$")
 
@@ -42,6 +44,8 @@ def new_batch(
     metadata: dict[str, str] | None,
     priority: str,
     now_s: int,
+    *,
+    tenant: str | None = None,  # None: the default tenant's (as batches from before owners)
 ) -> dict[str, Any]:
     return {
         "id": batch_id,
@@ -65,7 +69,14 @@ def new_batch(
         "request_counts": {"total": 0, "completed": 0, "failed": 0},
         "metadata": metadata,
         "priority": priority,
+        "tenant": tenant,
     }
+
+
+def owner(batch: dict[str, Any], default_tenant: str) -> str:
+    """The tenant that created the batch; the default tenant for batches stored before
+    owners were recorded."""
+    return owner_or_default(batch.get("tenant"), default_tenant)
 
 
 def validated(
@@ -130,6 +141,6 @@ def advance(batch: dict[str, Any], progress: Progress, now_s: int) -> dict[str, 
 
 def public(batch: dict[str, Any]) -> dict[str, Any]:
     """The object as OpenAI clients expect it (kbatch's own fields kept, clearly named)."""
-    body = {k: v for k, v in batch.items() if k not in ("priority", "expired_by_window")}
-    body["kbatch"] = {"priority": batch["priority"]}
+    body = {k: v for k, v in batch.items() if k not in ("priority", "expired_by_window", "tenant")}
+    body["kbatch"] = {"priority": batch["priority"], "tenant": batch.get("tenant")}
     return body

@@ -60,6 +60,16 @@ class JobBook:
     def get(self, job_id: str) -> JobTotals | None:
         return self._jobs.get(job_id)
 
+    async def claim(self, job_id: str, tenant: str) -> JobTotals:
+        """The job's totals; a job id nobody has used becomes `tenant`'s here and now, so
+        two first uploads racing cannot both own it (the topic has it with the totals
+        its first upload publishes)."""
+        async with self._lock:
+            current = self._jobs.get(job_id)
+            if current is None:
+                current = self._jobs[job_id] = JobTotals(job_id, tenant)
+            return current
+
     async def add(
         self, job_id: str, tenant: str, *, accepted: int, rejected: int, seal: bool
     ) -> JobTotals:

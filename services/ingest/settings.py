@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import SettingsConfigDict
 
 from services.settings import CommonSettings
 
@@ -10,7 +13,7 @@ from services.settings import CommonSettings
 class IngestOptions(BaseModel):
     """Limits and behaviour of the ingest service."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, hide_input_in_errors=True)
 
     http_host: str = Field("127.0.0.1", description="address the HTTP server binds")
     http_port: int = Field(8080, description="HTTP port")
@@ -47,6 +50,11 @@ class IngestOptions(BaseModel):
         description='JSON {"tenant": "token"}: when set, every API call needs a bearer token '
         "and the token names the tenant (secrets never logged)",
     )
+    admin_tenants: tuple[str, ...] = Field(
+        (),
+        description="JSON list of tenants in tenant_tokens whose tokens are operators': "
+        "they read, list and cancel every tenant's files, batches and jobs",
+    )
     file_dir: str = Field(
         ".kbatch/files",
         description="file store: Batch API inputs and outputs (shared with the collector)",
@@ -56,8 +64,23 @@ class IngestOptions(BaseModel):
     )
     collector: bool = Field(True, description="run the results collector inside ingest")
 
+    @model_validator(mode="after")
+    def _tokens_name_tenants(self) -> Self:
+        secrets = [token.get_secret_value() for token in self.tenant_tokens.values()]
+        if any(not secret.strip() for secret in secrets):
+            raise ValueError("tenant_tokens: every token must be non-empty")
+        if len(set(secrets)) != len(secrets):
+            raise ValueError("tenant_tokens: two tenants share a token")
+        unknown = sorted(set(self.admin_tenants) - set(self.tenant_tokens))
+        if unknown:
+            raise ValueError(f"admin_tenants {unknown} have no token in tenant_tokens")
+        return self
+
 
 class IngestSettings(CommonSettings):
     """Everything the ingest process reads from its environment."""
+
+    # A refused setting must not echo the input: it holds the tenants' tokens.
+    model_config = SettingsConfigDict(hide_input_in_errors=True)
 
     ingest: IngestOptions = Field(default_factory=IngestOptions)
