@@ -8,12 +8,16 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
+import pytest
 import yaml
 
 from services.settings_doc import all_variables
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 KNOWN = set(all_variables())
+# The oldest Kubernetes release the manifests promise to apply to (deploy/k8s/kbatch.yaml).
+KUBERNETES_VERSION = "1.30.0"
 
 
 def kbatch_env_names(document: Any) -> set[str]:
@@ -89,3 +93,26 @@ def test_kubernetes_probes_and_settings() -> None:
                 ]
     unknown = set().union(*(kbatch_env_names(d) for d in documents)) - KNOWN
     assert unknown == set(), f"manifests set unknown settings {unknown}"
+
+
+def manifests() -> list[dict[str, Any]]:
+    return [
+        document
+        for path in sorted((DEPLOY / "k8s").glob("*.yaml"))
+        for document in yaml.safe_load_all(path.read_text())
+        if document
+    ]
+
+
+def test_every_manifest_is_valid_for_the_kubernetes_it_targets() -> None:
+    documents = manifests()
+    assert {d["kind"] for d in documents} >= {"Deployment", "StatefulSet", "Service", "Job"}
+    for document in documents:
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_schema_check_refuses_a_misspelt_field() -> None:
+    [deployment, *_] = [d for d in manifests() if d["kind"] == "Deployment"]
+    broken = {**deployment, "spec": {**deployment["spec"], "replica": 2}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
