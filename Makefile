@@ -59,7 +59,7 @@ kafka-down: $(STAMP)
 
 # Each bench prints JSON and keeps it, with its logs, under .kbatch/bench (--out DIR):
 # bench-ingest, bench-pipeline, bench-failover, bench-chaos.
-bench-%: $(STAMP)
+bench-ingest bench-pipeline bench-failover bench-chaos: bench-%: $(STAMP)
 	$(BIN)/kbatch bench $*
 
 # The README's figure; the plot needs `pip install -e '.[plots]'`.
