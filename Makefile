@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 VLLM_VENV  := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: test test-vllm prometheus-installed lint demo kafka-up kafka-down bench-ingest bench-pipeline bench-failover bench-chaos bench-scale bench-engines clean
+.PHONY: test test-vllm prometheus-installed kcat-installed lint demo kafka-up kafka-down bench-ingest bench-pipeline bench-failover bench-chaos bench-scale bench-engines clean
 
 # The dev extra brings llama-cpp-python, built from source once per machine (a few
 # minutes on 2 cores); pip keeps the built wheel in its cache for every later install.
@@ -37,9 +37,18 @@ prometheus-installed:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; \
 	fi
 
+# Some integration tests read and write topics with Debian's kcat, a client that shares
+# no code with kbatch: installed here when missing, like prometheus.
+kcat-installed:
+	@if ! command -v kcat >/dev/null; then \
+	  SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO="sudo"; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends kcat; \
+	fi
+
 # The test session starts its own broker (Maven Central jars) unless
 # KBATCH_BOOTSTRAP_SERVERS names a running one.
-test: lint prometheus-installed
+test: lint prometheus-installed kcat-installed
 	$(BIN)/pytest
 
 # Opt-in: the vLLM adapter checked against the vLLM it pins, in its own venv (~10 GB,

@@ -4,6 +4,10 @@ Wire format (Avro spec, "single object encoding"): 0xC3 0x01, the writer
 schema's 8-byte little-endian CRC-64-AVRO fingerprint, then the Avro binary
 body. Readers look the writer up by fingerprint and resolve it against their
 own (latest) version, so older records still decode after a field is added.
+
+Results may instead be written as plain JSON (`KBATCH_TOPICS__RESULTS_FORMAT=json`), for
+consumers with no Avro decoder; `results_codec` reads either, telling them apart by their
+first byte, so the format of a live results topic can be switched.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
+from fastavro.validation import ValidationError, validate
 
 from services.errors import DecodeError
 from services.resources import data_dir
@@ -45,6 +50,9 @@ DEAD_LETTER = "kbatch.DeadLetter"
 HEARTBEAT = "kbatch.WorkerHeartbeat"
 ASSIGNMENT = "kbatch.WorkerAssignment"
 JOB = "kbatch.JobRecord"
+
+# How workers write results; readers accept both.
+ResultsFormat = Literal["avro", "json"]
 
 
 @dataclass(frozen=True)
@@ -155,3 +163,71 @@ class Codec:
 def codec(name: str) -> Codec:
     """The shared codec for a record type, writing its latest version."""
     return Codec(name)
+
+
+class JsonRecordCodec:
+    """One record type as a plain JSON object: the Avro record's field names and values,
+    with no schema envelope (what Kafka Connect's JsonConverter with schemas.enable=false,
+    Flink's json format, kcat and jq read). Both ways go through the Avro schema, so a
+    JSON record carries exactly the values its Avro twin would (defaults filled, floats
+    narrowed to 32 bits) and decodes to an equal record."""
+
+    def __init__(self, avro: Codec) -> None:
+        self._avro = avro
+
+    def encode(self, record: Mapping[str, Any]) -> bytes:
+        canonical = self._avro.decode(self._avro.encode(record))
+        # A non-finite float (a broken embedding) is written as NaN/Infinity, as Python's
+        # json does, rather than failing the result: strict JSON parsers refuse that record.
+        text = json.dumps(canonical, separators=(",", ":"), ensure_ascii=False)
+        return text.encode("utf-8")
+
+    def decode(self, data: bytes | None) -> dict[str, Any]:
+        """Decode a JSON record, checked against the reader schema; failures are DecodeErrors."""
+        if data is None:
+            raise DecodeError("record has no value (tombstone)")
+        name = self._avro.reader.name
+        try:
+            record = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DecodeError(f"corrupt {name} JSON: {exc}") from exc
+        if not isinstance(record, dict):
+            raise DecodeError(f"{name} JSON is a {type(record).__name__}, not an object")
+        try:
+            validate(record, self._avro.reader.parsed, raise_errors=True)
+        except ValidationError as exc:
+            raise DecodeError(f"{name} JSON does not match its schema: {exc}") from exc
+        # Through Avro once more: defaults filled and unknown fields dropped, as a reader's
+        # schema resolution does for an Avro record.
+        return self._avro.decode(self._avro.encode(record))
+
+
+class ResultsCodec:
+    """Writes results in one format; reads Avro single-object and JSON results alike."""
+
+    def __init__(self, results_format: ResultsFormat, catalog: SchemaCatalog | None = None) -> None:
+        self.format = results_format
+        self._avro = Codec(RESULT, catalog)
+        self._json = JsonRecordCodec(self._avro)
+        self._writer: Codec | JsonRecordCodec = (
+            self._json if results_format == "json" else self._avro
+        )
+
+    def encode(self, record: Mapping[str, Any]) -> bytes:
+        return self._writer.encode(record)
+
+    def decode(self, data: bytes | None) -> dict[str, Any]:
+        """Decode a result in either format, told apart by the first byte (C3 or `{`)."""
+        if data is None:
+            raise DecodeError("record has no value (tombstone)")
+        if data.startswith(MARKER):
+            return self._avro.decode(data)
+        if data.lstrip()[:1] == b"{":
+            return self._json.decode(data)
+        raise DecodeError("neither Avro single-object encoded (C3 01) nor a JSON object")
+
+
+@cache
+def results_codec(results_format: ResultsFormat = "avro") -> ResultsCodec:
+    """The results codec for `KBATCH_TOPICS__RESULTS_FORMAT`; any one decodes both formats."""
+    return ResultsCodec(results_format)

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.codec import ResultsFormat
 from services.lanes import LaneLayout
 
 
@@ -33,7 +34,7 @@ class KafkaClientSettings(BaseModel):
 
 
 class TopicSettings(BaseModel):
-    """Topic names (from one prefix) and partition counts."""
+    """Topic names (from one prefix), partition counts and the results format."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -43,7 +44,15 @@ class TopicSettings(BaseModel):
     low_partitions: int = Field(4, ge=1, description="requests partitions in the low lane")
     results_partitions: int = Field(8, ge=1, description="results topic partitions")
     dlq_partitions: int = Field(4, ge=1, description="dead-letter topic partitions")
+    submissions_partitions: int = Field(
+        4, ge=1, description="partitions of the topic Kafka producers submit batch lines to"
+    )
     replication_factor: int = Field(1, ge=1, description="replicas for every topic")
+    results_format: ResultsFormat = Field(
+        "avro",
+        description="how workers write results: avro (single-object encoding) or json "
+        "(plain JSON objects, for consumers without Avro); readers take both",
+    )
 
     @property
     def requests(self) -> str:
@@ -80,6 +89,14 @@ class TopicSettings(BaseModel):
     @property
     def job_progress(self) -> str:
         return f"{self.prefix}.job-progress"
+
+    @property
+    def submissions(self) -> str:
+        return f"{self.prefix}.submissions"
+
+    @property
+    def rejections(self) -> str:
+        return f"{self.prefix}.rejections"
 
     def lane_layout(self) -> LaneLayout:
         return LaneLayout(self.high_partitions, self.normal_partitions, self.low_partitions)

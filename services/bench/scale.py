@@ -32,7 +32,7 @@ import typer
 from confluent_kafka import TopicPartition
 
 from services.bench.measure import OutOption, emit, run_facts, steady_rate
-from services.codec import RESULT, codec
+from services.codec import results_codec
 from services.harness.chaos_rig import own_broker
 from services.harness.kafka import unique_topics, wait_for
 from services.harness.pipeline import (
@@ -187,7 +187,7 @@ def big_job(broker: local_broker.BrokerLayout, out: Path, total: int) -> dict[st
         for process in processes:
             process.terminate(timeout_s=60)
     results = [
-        codec(RESULT).decode(m.value())
+        results_codec().decode(m.value())
         for m in read_to_end({"bootstrap.servers": bootstrap}, topics.results, "scale-reader")
     ]
     return {

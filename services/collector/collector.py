@@ -20,7 +20,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
-from services.codec import DEAD_LETTER, RESULT, codec
+from services.codec import DEAD_LETTER, codec, results_codec
 from services.collector.openai_format import dead_letter_line, result_line
 from services.errors import DecodeError, KafkaUnavailableError
 from services.kafka.consumers import ConsumerRole, make_consumer
@@ -164,7 +164,7 @@ class Collector:
         value = message.value()
         if message.topic() == self._topics[0]:
             try:
-                result = codec(RESULT).decode(value)
+                result = results_codec().decode(value)  # Avro or JSON
             except DecodeError as exc:
                 # Only workers write here, through the same codec: this is a bug, not data.
                 raise RuntimeError(f"undecodable result at {message.offset()}: {exc}") from exc

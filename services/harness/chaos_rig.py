@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 from confluent_kafka import TopicPartition
 
-from services.codec import DEAD_LETTER, RESULT, codec
+from services.codec import DEAD_LETTER, codec, results_codec
 from services.harness.cluster import Cluster
 from services.harness.kafka import unique_topics, wait_for
 from services.harness.pipeline import (
@@ -84,8 +84,9 @@ class ResultsTail:
         while messages := self._consumer.consume(5000, 0.2):
             for message in messages:
                 if message.error() is None:
-                    name = RESULT if message.topic() == self._results else DEAD_LETTER
-                    self.seen += codec(name).decode(message.value())["job_id"] == JOB
+                    is_result = message.topic() == self._results
+                    decoder = results_codec() if is_result else codec(DEAD_LETTER)
+                    self.seen += decoder.decode(message.value())["job_id"] == JOB
         return self.seen
 
     def close(self) -> None:

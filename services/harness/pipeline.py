@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 from confluent_kafka import Message, Producer
 
-from services.codec import DEAD_LETTER, REQUEST, RESULT, codec
+from services.codec import DEAD_LETTER, REQUEST, codec, results_codec
 from services.harness.kafka import read_topic
 from services.harness.ports import free_port
 from services.harness.processes import ServiceProcess
@@ -132,7 +132,7 @@ def outcomes(bootstrap: str, topics: TopicSettings, expect: int, timeout_s: floa
         results = read_topic(bootstrap, topics.results, timeout_s=10)
         dead = read_topic(bootstrap, topics.dlq, timeout_s=10)
         found = Outcomes(
-            [codec(RESULT).decode(m.value()) for m in results],
+            [results_codec().decode(m.value()) for m in results],  # Avro or JSON
             [(codec(DEAD_LETTER).decode(m.value()), _headers(m)) for m in dead],
         )
         if found.total >= expect or time.monotonic() > deadline:
@@ -150,7 +150,9 @@ def shared_env(bootstrap: str, topics: TopicSettings) -> dict[str, str]:
         "KBATCH_TOPICS__LOW_PARTITIONS": str(topics.low_partitions),
         "KBATCH_TOPICS__RESULTS_PARTITIONS": str(topics.results_partitions),
         "KBATCH_TOPICS__DLQ_PARTITIONS": str(topics.dlq_partitions),
+        "KBATCH_TOPICS__SUBMISSIONS_PARTITIONS": str(topics.submissions_partitions),
         "KBATCH_TOPICS__REPLICATION_FACTOR": str(topics.replication_factor),
+        "KBATCH_TOPICS__RESULTS_FORMAT": topics.results_format,
     }
 
 

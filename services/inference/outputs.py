@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from services.codec import DEAD_LETTER, RESULT, codec
+from services.codec import DEAD_LETTER, ResultsFormat, codec, results_codec
 from services.inference.engines.base import Engine, EngineOutput
 from services.kafka.transactions import OutRecord
 
@@ -49,8 +49,11 @@ def result_record(
     inference_s: float,
     attempt: int,
     error: dict[str, str] | None = None,
+    *,
+    results_format: ResultsFormat,
 ) -> OutRecord:
-    value = codec(RESULT).encode(
+    """A result, in the results topic's format."""
+    value = results_codec(results_format).encode(
         {
             "request_id": request["request_id"],
             "job_id": request["job_id"],
@@ -90,7 +93,13 @@ def result_record(
 
 
 def cancelled_record(
-    topic: str, request: dict[str, Any], engine: Engine, worker_id: str, origin: Origin
+    topic: str,
+    request: dict[str, Any],
+    engine: Engine,
+    worker_id: str,
+    origin: Origin,
+    *,
+    results_format: ResultsFormat,
 ) -> OutRecord:
     """The result of a request whose job was cancelled or expired before it ran."""
     return result_record(
@@ -104,6 +113,7 @@ def cancelled_record(
         0.0,
         request["attempt"],
         error={"code": "batch_cancelled", "message": "the batch was cancelled before this ran"},
+        results_format=results_format,
     )
 
 

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from services.codec import ResultsFormat
 from services.errors import (
     EngineOutOfMemoryError,
     InvalidRequestError,
@@ -28,6 +29,7 @@ class RunnerConfig:
     max_attempts: int
     retry_initial_s: float
     retry_max_s: float
+    results_format: ResultsFormat = "avro"
 
 
 @dataclass
@@ -82,6 +84,7 @@ class RequestRunner:
                 queue_wait_s,
                 inference_s,
                 record["attempt"] + tries.count,
+                results_format=config.results_format,
             )
         ]
 

@@ -121,6 +121,7 @@ class Worker:
                 max_attempts=self.options.max_attempts,
                 retry_initial_s=self.options.retry_initial_s,
                 retry_max_s=self.options.retry_max_s,
+                results_format=settings.topics.results_format,
             ),
         )
 
@@ -249,7 +250,14 @@ class Worker:
     def _cancelled(self, origin: Origin, record: dict[str, Any]) -> OutRecord:
         metrics.CANCELLED.inc()
         topic = self.settings.topics.results
-        return cancelled_record(topic, record, self.engine, self.options.worker_id, origin)
+        return cancelled_record(
+            topic,
+            record,
+            self.engine,
+            self.options.worker_id,
+            origin,
+            results_format=self.settings.topics.results_format,
+        )
 
     def cancel_job(self, job_id: str) -> None:
         """A job was cancelled: its requests in the engine stop now (the engine aborts

@@ -54,6 +54,18 @@ def topic_catalog(topics: TopicSettings) -> list[TopicSpec]:
             "job progress per source partition, JSON checkpoints (compacted)",
             compacted,
         ),
+        TopicSpec(
+            topics.submissions,
+            topics.submissions_partitions,
+            "batch lines from Kafka producers, JSON (headers: kbatch-job, -tenant, -priority)",
+            {"retention.ms": str(7 * _DAY_MS)},
+        ),
+        TopicSpec(
+            topics.rejections,
+            topics.dlq_partitions,
+            "submitted lines refused, with the reason, JSON",
+            {"retention.ms": str(30 * _DAY_MS)},
+        ),
     ]
 
 

@@ -2,7 +2,8 @@
 
 Used by the worker, one per owned partition (the transactional.id names the
 partition, not the worker, so whoever takes the partition next fences the previous
-owner in `init_transactions()`), and by the DLQ replay tool (one id for the tool).
+owner in `init_transactions()`), by the DLQ replay tool (one id for the tool) and by
+ingest's submissions consumer (one per instance, fenced by its group's generation).
 A failed commit never leaves a transaction open: it is aborted, or the producer is
 dropped for a new one whose init ends it. Calls block: run them on a thread.
 """
@@ -94,16 +95,20 @@ class TransactionalProducer:
         self._ready = True
 
     def commit(
-        self, records: list[OutRecord], offset: TopicPartition | None, group_metadata: Any
+        self,
+        records: list[OutRecord],
+        offsets: TopicPartition | list[TopicPartition] | None,
+        group_metadata: Any,
     ) -> None:
-        """Publish `records` and commit `offset` (if any) in one transaction, or neither."""
+        """Publish `records` and commit `offsets` (if any) in one transaction, or neither."""
         producer = self._require()
+        positions = [offsets] if isinstance(offsets, TopicPartition) else offsets or []
         try:
             producer.begin_transaction()
             for record in records:
                 produce_record(producer, record)
-            if offset is not None:
-                producer.send_offsets_to_transaction([offset], group_metadata, self._timeout_s)
+            if positions:
+                producer.send_offsets_to_transaction(positions, group_metadata, self._timeout_s)
             producer.commit_transaction(self._timeout_s)
         except KafkaException as exc:
             error = self._translate(exc)

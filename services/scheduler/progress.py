@@ -16,7 +16,7 @@ import time
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
-from services.codec import DEAD_LETTER, RESULT, codec
+from services.codec import DEAD_LETTER, codec, results_codec
 from services.errors import DecodeError, DeliveryError
 from services.kafka.compacted import read_latest
 from services.kafka.consumers import ConsumerRole, make_consumer
@@ -131,7 +131,8 @@ class JobProgress:
         """(job id, failed, outcome label), or None for an undecodable record."""
         is_result = topic == self._settings.topics.results
         try:
-            record = codec(RESULT if is_result else DEAD_LETTER).decode(value)
+            # Results in either format (Avro or JSON); dead letters are always Avro.
+            record = (results_codec() if is_result else codec(DEAD_LETTER)).decode(value)
         except DecodeError as exc:
             metrics.UNDECODABLE.labels("results" if is_result else "dlq").inc()
             log.error("undecodable record not counted", topic=topic, error=str(exc))
