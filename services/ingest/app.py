@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import re
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -29,6 +30,7 @@ from services.ingest.ledger import JobLedger
 from services.ingest.models import ServedModels
 from services.ingest.owned_files import OwnedFiles
 from services.ingest.settings import IngestSettings
+from services.ingest.submissions import SubmissionConsumer, SubmissionSetup
 from services.ingest.upload import Publishing, Upload
 from services.ingest.validation import Limits, RequestContext
 from services.kafka.lag import BacklogMonitor
@@ -60,6 +62,7 @@ class IngestService:
         self.publishing: Publishing | None = None
         self.uploads_in_flight = 0
         self.jobs: JobBook | None = None
+        self.submissions: SubmissionConsumer | None = None
         self.callers = Callers.from_options(self.options)
         root = Path(self.options.file_dir)
         self.collector = Collector(
@@ -110,6 +113,8 @@ class IngestService:
             following_models = asyncio.create_task(
                 self.models.follow(self.options.models_refresh_s, self._admit_models)
             )
+            stop_submissions = asyncio.Event()
+            submitting = self._start_submissions(backlog, stop_submissions)
             self.batch_api.attach(self.publishing, batches, self.jobs)
             await self.batch_api.fail_interrupted()
             if self.options.collector:
@@ -126,16 +131,51 @@ class IngestService:
                 yield
             finally:
                 following_models.cancel()
-                await asyncio.gather(following_models, return_exceptions=True)
+                stop_submissions.set()
+                await asyncio.gather(following_models, submitting, return_exceptions=True)
                 self.collector.stop()
                 backlog.stop()
                 log.info("ingest stopping: flushing producer")
         # Leaving the producer's context flushed every queued record.
 
+    def _start_submissions(
+        self, backlog: BacklogMonitor, stop: asyncio.Event
+    ) -> asyncio.Future[None]:
+        """The consumer of Kafka-native submissions, when enabled (a finished future if not)."""
+        assert self.jobs is not None and self.publishing is not None
+        if not self.options.submissions:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        topics = self.settings.topics
+        setup = SubmissionSetup(
+            kafka_config=self.settings.kafka_config(),
+            topic=topics.submissions,
+            group_id=f"{topics.prefix}-ingest-submissions",
+            # One per process: fencing across instances comes from the group's generation.
+            transactional_id=f"{topics.prefix}.ingest-submissions.{uuid.uuid4().hex[:12]}",
+            requests_topic=topics.requests,
+            rejections_topic=topics.rejections,
+            jobs_topic=topics.jobs,
+            layout=topics.lane_layout(),
+            default_tenant=self.options.default_tenant,
+            lane_backlog_limit=self.options.lane_backlog_limit,
+            max_lines_per_job=self.options.max_lines_per_job,
+            max_line_bytes=self.options.max_line_bytes,
+        )
+        self.submissions = SubmissionConsumer(
+            setup, self.jobs, self.publishing.ledger, backlog, self.publishing.limits
+        )
+        return asyncio.create_task(self.submissions.serve(stop), name="submissions")
+
     def _admit_models(self, names: frozenset[str]) -> None:
         if self.publishing is not None:
             limits = self.publishing.limits
             self.publishing.limits = dataclasses.replace(limits, served_models=names)
+        if self.submissions is not None:
+            self.submissions.limits = dataclasses.replace(
+                self.submissions.limits, served_models=names
+            )
 
     async def list_models(self, _request: Request) -> Response:
         """OpenAI's `GET /v1/models`: what this deployment answers for."""
@@ -149,7 +189,13 @@ class IngestService:
             measured = self.publishing.backlog.backlog(lane)
             if measured is not None:
                 metrics.LANE_BACKLOG.labels(lane.value).set(measured)
-        return error is None, {"backlog_error": error, "uploads_in_flight": self.uploads_in_flight}
+        stopped = self.submissions.failure if self.submissions is not None else None
+        detail = {
+            "backlog_error": error,
+            "uploads_in_flight": self.uploads_in_flight,
+            "submissions_stopped": stopped,
+        }
+        return error is None and stopped is None, detail
 
     async def upload(self, request: Request) -> Response:
         if self.publishing is None:

@@ -7,7 +7,9 @@ an ingest restart: they are read back from the topic at start-up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -97,6 +99,17 @@ class JobBook:
                 await self._publish(current)
                 self._jobs[job_id] = current
             return current
+
+    @contextlib.asynccontextmanager
+    async def locked(self) -> AsyncIterator[None]:
+        """Hold the book while totals are published by another producer (the submissions
+        consumer's transaction): no upload's change can interleave."""
+        async with self._lock:
+            yield
+
+    def remember(self, totals: JobTotals) -> None:
+        """Totals published in a committed transaction; call inside `locked()`."""
+        self._jobs[totals.job_id] = totals
 
     async def _publish(self, totals: JobTotals) -> None:
         batch = DeliveryBatch(asyncio.get_running_loop())

@@ -63,6 +63,9 @@ class IngestOptions(BaseModel):
         None, description="scheduler web address for live batch counts; unset: the collector's"
     )
     collector: bool = Field(True, description="run the results collector inside ingest")
+    submissions: bool = Field(
+        True, description="consume batch lines Kafka producers write to the submissions topic"
+    )
 
     @model_validator(mode="after")
     def _tokens_name_tenants(self) -> Self:
