@@ -57,12 +57,17 @@ class FileStore:
         )
 
     def get(self, file_id: str) -> FileObject | None:
-        if not _valid_id(file_id):
+        if not valid_id(file_id):
             return None  # no file could have this id
-        meta = self._meta_path(file_id)
-        if not meta.is_file():
-            return None
-        return FileObject(**json.loads(meta.read_text()))
+        try:
+            text = self._meta_path(file_id).read_text()
+        except (FileNotFoundError, IsADirectoryError):
+            return None  # never stored, or deleted
+        return FileObject(**json.loads(text))
+
+    def ids(self) -> list[str]:
+        """The id of every file object, in no order."""
+        return [meta.stem for meta in (self.root / "files").glob("*.json")]
 
     def content_path(self, file: FileObject) -> Path:
         return self.root / file.path
@@ -82,12 +87,12 @@ class FileStore:
         return file
 
     def _meta_path(self, file_id: str) -> Path:
-        if not _valid_id(file_id):
+        if not valid_id(file_id):
             raise ValueError(f"bad file id {file_id!r}")
         return self.root / "files" / f"{file_id}.json"
 
 
-def _valid_id(file_id: str) -> bool:
+def valid_id(file_id: str) -> bool:
     """Ids become file names: only ASCII letters, digits, '-' and '_'."""
     return file_id.isascii() and file_id.replace("-", "").replace("_", "").isalnum()
 

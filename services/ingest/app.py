@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -25,6 +26,7 @@ from services.ingest.access import Action, Verdict, decide
 from services.ingest.auth import Callers, TenantAuth, is_loopback
 from services.ingest.batch_api import BatchApi
 from services.ingest.batch_book import BatchBook
+from services.ingest.batch_refresh import BatchRefresher
 from services.ingest.jobs import JobBook, JobTotals
 from services.ingest.ledger import JobLedger
 from services.ingest.models import ServedModels
@@ -70,15 +72,23 @@ class IngestService:
         )
         self.batch_api = BatchApi(
             OwnedFiles(FileStore(root), self.options.default_tenant),
-            self.collector,
-            self.options.scheduler_url,
             self.options.retry_after_s,
             self.callers,
         )
+        self.scheduler: httpx.AsyncClient | None = None  # opened by the lifespan
         self.models = ServedModels(self.options.served_models, self.options.scheduler_url)
 
     @asynccontextmanager
-    async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        """One HTTP client for every call to the scheduler, open while the app runs."""
+        url = self.options.scheduler_url
+        async with httpx.AsyncClient(base_url=url or "", timeout=2) as scheduler:
+            self.scheduler = scheduler if url else None
+            async with self._serving(app):
+                yield
+
+    @asynccontextmanager
+    async def _serving(self, _app: Starlette) -> AsyncIterator[None]:
         topics = self.settings.topics
         producer_config = self.settings.kafka_config(
             **{
@@ -111,7 +121,9 @@ class IngestService:
                 limits=Limits(self.models.names(), self.options.max_max_tokens),
             )
             following_models = asyncio.create_task(
-                self.models.follow(self.options.models_refresh_s, self._admit_models)
+                self.models.follow(
+                    self.scheduler, self.options.models_refresh_s, self._admit_models
+                )
             )
             stop_submissions = asyncio.Event()
             submitting = self._start_submissions(backlog, stop_submissions)
@@ -119,6 +131,14 @@ class IngestService:
             await self.batch_api.fail_interrupted()
             if self.options.collector:
                 self.collector.start()
+            refreshing = BatchRefresher(
+                batches,
+                self.jobs,
+                self.collector,
+                self.batch_api.files,
+                self.scheduler,
+                self.options.default_tenant,
+            ).start(self.options.batch_refresh_s)
             log.info("ingest ready", topic=topics.requests, models=sorted(self.models.names()))
             if not self.options.tenant_tokens and not is_loopback(self.options.http_host):
                 log.warning(
@@ -130,6 +150,8 @@ class IngestService:
             try:
                 yield
             finally:
+                refreshing.cancel()
+                await asyncio.gather(refreshing, return_exceptions=True)
                 following_models.cancel()
                 stop_submissions.set()
                 await asyncio.gather(following_models, submitting, return_exceptions=True)

@@ -2,8 +2,8 @@
 
 A batch is a kbatch job whose id is the batch id: its input file goes through the
 same validation and admission as streamed uploads (resuming after a 429 until the
-whole file is in), the job is sealed, and progress comes from the scheduler's job
-progress (or, without a scheduler, from the collector's line counts).
+whole file is in) and the job is sealed. From then on the refresher
+(`batch_refresh.py`) moves the batch on; these handlers only read it.
 """
 
 from __future__ import annotations
@@ -18,17 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from services.collector.collector import ERRORS, OUTPUT, Collector, job_file
 from services.ingest import batch_state
 from services.ingest.access import Action, Caller, Verdict, can_see, decide
 from services.ingest.auth import Callers
 from services.ingest.batch_book import BatchBook
 from services.ingest.jobs import JobBook
+from services.ingest.listing import cursor_page
 from services.ingest.owned_files import OwnedFile, OwnedFiles
 from services.ingest.upload import Publishing, Upload
 from services.ingest.validation import RequestContext
@@ -42,6 +41,7 @@ log = get_logger("batches")
 MAX_DELIVERY_PASSES = 4
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+MAX_FILES_LISTED = 10_000  # OpenAI's files.list limit: its maximum and its default
 
 
 def openai_error(
@@ -69,18 +69,9 @@ def _guard(caller: Caller, owner: str | None, action: Action, missing: Response)
 class BatchApi:
     """Routes exist from the start; they answer 503 until `attach()` gave them Kafka."""
 
-    def __init__(
-        self,
-        files: OwnedFiles,
-        collector: Collector,
-        scheduler_url: str | None,
-        retry_after_s: float,
-        callers: Callers,
-    ) -> None:
+    def __init__(self, files: OwnedFiles, retry_after_s: float, callers: Callers) -> None:
         self.files = files
         self.callers = callers
-        self.collector = collector
-        self.scheduler_url = scheduler_url
         self.retry_after_s = retry_after_s
         self._attached: tuple[Publishing, BatchBook, JobBook] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -108,6 +99,7 @@ class BatchApi:
     def routes(self) -> list[Route]:
         return [
             Route("/v1/files", self.create_file, methods=["POST"]),
+            Route("/v1/files", self.list_files, methods=["GET"]),
             Route("/v1/files/{file_id}", self.get_file, methods=["GET"]),
             Route("/v1/files/{file_id}", self.delete_file, methods=["DELETE"]),
             Route("/v1/files/{file_id}/content", self.file_content, methods=["GET"]),
@@ -118,10 +110,11 @@ class BatchApi:
         ]
 
     async def fail_interrupted(self) -> None:
-        """Batches left validating by a restart: some of their lines may be published,
-        none is known to be, so they fail cleanly and say why."""
+        """Batches left validating by a restart (cancelled meanwhile or not): some of
+        their lines may be published, none is known to be, so they fail cleanly and say
+        why."""
         for batch in self.batches.all():
-            if batch["status"] == "validating":
+            if batch_state.validating(batch):
                 error = {
                     "code": "ingest_restarted",
                     "message": "ingest restarted while validating; resubmit",
@@ -152,6 +145,30 @@ class BatchApi:
                 self.callers.of(request).tenant,
             )
         return JSONResponse(saved.to_json())
+
+    async def list_files(self, request: Request) -> Response:
+        """OpenAI's files.list: the caller's files (an admin's: everyone's), by
+        `created_at` (`order`, newest first by default), after the file `after`."""
+        params = request.query_params
+        try:
+            limit = int(params.get("limit", str(MAX_FILES_LISTED)))
+        except ValueError:
+            return openai_error(400, "limit must be an integer", "limit")
+        if not 1 <= limit <= MAX_FILES_LISTED:
+            return openai_error(400, f"limit must be from 1 to {MAX_FILES_LISTED}", "limit")
+        order = params.get("order", "desc")
+        if order not in ("asc", "desc"):
+            return openai_error(400, "order must be 'asc' or 'desc'", "order")
+        purpose = params.get("purpose")
+        caller = self.callers.of(request)
+        visible = [
+            owned.file
+            for owned in await asyncio.to_thread(self.files.all)
+            if can_see(caller, owned.owner) and purpose in (None, owned.file.purpose)
+        ]
+        visible.sort(key=lambda f: (f.created_at, f.id), reverse=order == "desc")
+        ordered = [file.to_json() for file in visible]
+        return JSONResponse(cursor_page(ordered, params.get("after"), limit))
 
     def _file(self, request: Request, action: Action) -> OwnedFile | Response:
         """The path's file, if the caller may do `action` to it; else the refusal."""
@@ -262,14 +279,9 @@ class BatchApi:
             )
             await asyncio.sleep(self.retry_after_s)
         await self.jobs.add(batch["id"], tenant, accepted=accepted, rejected=len(errors), seal=True)
-        current = self.batches.get(batch["id"]) or batch
-        await self.batches.put(
-            {
-                **batch_state.validated(current, accepted, errors, int(time.time())),
-                "status": "cancelling"
-                if current["status"] == "cancelling"
-                else ("failed" if accepted == 0 else "in_progress"),
-            }
+        now = int(time.time())
+        await self.batches.update(
+            batch["id"], lambda current: batch_state.validated(current, accepted, errors, now)
         )
         log.info("batch ingested", batch_id=batch["id"], accepted=accepted, rejected=len(errors))
 
@@ -283,37 +295,18 @@ class BatchApi:
 
     async def get_batch(self, request: Request) -> Response:
         found = self._batch(request, Action.READ)
-        if isinstance(found, Response):
-            return found
-        batch = await self._refreshed(found["id"])
-        return (
-            JSONResponse(batch_state.public(batch))
-            if batch
-            else openai_error(404, "no such batch", "batch_id")
-        )
+        return found if isinstance(found, Response) else JSONResponse(batch_state.public(found))
 
     async def list_batches(self, request: Request) -> Response:
         try:
             limit = min(100, max(1, int(request.query_params.get("limit", "20"))))
         except ValueError:
             return openai_error(400, "limit must be an integer", "limit")
-        after = request.query_params.get("after")
         caller, default = self.callers.of(request), self.callers.default_tenant
         visible = [b for b in self.batches.all() if can_see(caller, batch_state.owner(b, default))]
         ordered = sorted(visible, key=lambda b: (b["created_at"], b["id"]), reverse=True)
-        if after:
-            ids = [b["id"] for b in ordered]
-            ordered = ordered[ids.index(after) + 1 :] if after in ids else []
-        page = [batch_state.public(b) for b in ordered[:limit]]
-        return JSONResponse(
-            {
-                "object": "list",
-                "data": page,
-                "first_id": page[0]["id"] if page else None,
-                "last_id": page[-1]["id"] if page else None,
-                "has_more": len(ordered) > limit,
-            }
-        )
+        public = [batch_state.public(b) for b in ordered]
+        return JSONResponse(cursor_page(public, request.query_params.get("after"), limit))
 
     async def cancel_batch(self, request: Request) -> Response:
         batch = self._batch(request, Action.CANCEL)
@@ -322,71 +315,11 @@ class BatchApi:
         if batch["status"] in batch_state.TERMINAL:
             return openai_error(409, f"batch is already {batch['status']}", "batch_id")
         await self.jobs.cancel(batch["id"], "cancelled")
-        updated = batch_state.cancel_requested(batch, int(time.time()))
-        await self.batches.put(updated)
-        return JSONResponse(batch_state.public(updated))
-
-    async def _refreshed(self, batch_id: str) -> dict[str, Any] | None:
-        batch = self.batches.get(batch_id)
-        if (
-            batch is None
-            or batch["status"] in batch_state.TERMINAL
-            or batch["status"] == "validating"
-        ):
-            return batch
         now = int(time.time())
-        if batch_state.expired_now(batch, now):
-            await self.jobs.cancel(batch_id, "expired")
-            batch = {**batch_state.cancel_requested(batch, now), "expired_by_window": True}
-        output_lines, error_lines = self.collector.collected(batch_id)
-        completed, failed = await self._live_counts(batch_id, output_lines, error_lines)
-        total = batch["request_counts"]["total"]
-        progress = batch_state.Progress(total, completed, failed, output_lines + error_lines)
-        updated = batch_state.advance(batch, progress, now)
-        if updated["status"] in batch_state.TERMINAL:
-            # Final counts are the files' own: every outcome has its line by now.
-            counts = {"total": total, "completed": output_lines, "failed": error_lines}
-            updated = self._with_files(
-                {**updated, "request_counts": counts}, output_lines, error_lines
-            )
-        if updated != batch:
-            await self.batches.put(updated)
-        return updated
-
-    async def _live_counts(
-        self, batch_id: str, output_lines: int, error_lines: int
-    ) -> tuple[int, int]:
-        if self.scheduler_url:
-            try:
-                async with httpx.AsyncClient(timeout=2) as client:
-                    job = (await client.get(f"{self.scheduler_url}/jobs/{batch_id}")).json()
-                return int(job["completed"]), int(job["failed"])
-            except (httpx.HTTPError, KeyError, ValueError) as exc:
-                log.warning(
-                    "scheduler progress unavailable; using the collector's counts", error=str(exc)
-                )
-        return output_lines, error_lines
-
-    def _with_files(
-        self, batch: dict[str, Any], output_lines: int, error_lines: int
-    ) -> dict[str, Any]:
-        """Publish the collector's files as the batch's output and error files."""
-        batch_id = batch["id"]
-        owner = batch_state.owner(batch, self.callers.default_tenant)
-        updated = dict(batch)
-        for field, name, kind, lines in (
-            ("output_file_id", OUTPUT, "output", output_lines),
-            ("error_file_id", ERRORS, "errors", error_lines),
-        ):
-            if lines:
-                updated[field] = self.files.register_output(
-                    f"file-{batch_id}-{kind}",
-                    job_file(batch_id, name),
-                    f"{batch_id}_{kind}.jsonl",
-                    "batch_output",
-                    owner,
-                ).id
-        return updated
+        updated = await self.batches.update(
+            batch["id"], lambda current: batch_state.cancel_requested(current, now)
+        )
+        return JSONResponse(batch_state.public(updated or batch))
 
 
 @dataclass(frozen=True)

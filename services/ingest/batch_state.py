@@ -3,7 +3,8 @@
 States: validating -> failed | in_progress -> finalizing -> completed; a cancel moves
 in_progress to cancelling -> cancelled, and a batch past its completion window goes
 the same way to expired. A batch leaves in_progress/cancelling only when the
-collector has written a line for every accepted request.
+collector has written a line for every accepted request. `step` is the one transition
+after validation: ingest's refresher applies it to every moving batch on an interval.
 """
 
 from __future__ import annotations
@@ -30,10 +31,16 @@ def window_seconds(completion_window: str) -> int:
 
 @dataclass(frozen=True)
 class Progress:
-    total: int  # accepted requests
+    """What is known of a batch's job at one moment."""
+
     completed: int  # live counts (the scheduler's job progress, else the collector's)
     failed: int
-    collected: int  # lines the collector has written, output and errors together
+    output_lines: int  # lines the collector has written to the job's output file
+    error_lines: int  # ... and to its error file
+
+    @property
+    def collected(self) -> int:
+        return self.output_lines + self.error_lines
 
 
 def new_batch(
@@ -82,24 +89,41 @@ def owner(batch: dict[str, Any], default_tenant: str) -> str:
 def validated(
     batch: dict[str, Any], accepted: int, errors: list[dict[str, Any]], now_s: int
 ) -> dict[str, Any]:
-    """After the input file went through ingest: failed when nothing was accepted."""
+    """After the input file went through ingest: failed when nothing was accepted, and
+    still cancelling when a cancel came while it was validating."""
     error_list = {"object": "list", "data": errors} if errors else None
     counts = {"total": accepted, "completed": 0, "failed": 0}
+    cancelling = batch["status"] == "cancelling"
     if accepted == 0:
         return {
             **batch,
-            "status": "failed",
+            "status": "cancelling" if cancelling else "failed",
             "failed_at": now_s,
             "errors": error_list,
             "request_counts": counts,
         }
     return {
         **batch,
-        "status": "in_progress",
+        "status": "cancelling" if cancelling else "in_progress",
         "in_progress_at": now_s,
         "errors": error_list,
         "request_counts": counts,
     }
+
+
+def validating(batch: dict[str, Any]) -> bool:
+    """Its input file is still going through ingest (perhaps cancelled meanwhile): its
+    total is not known yet, so nothing may move it but the end of validation."""
+    return (
+        batch["status"] not in TERMINAL
+        and batch["in_progress_at"] is None
+        and batch["failed_at"] is None
+    )
+
+
+def moving(batch: dict[str, Any]) -> bool:
+    """Validated and not ended: `step` may move it on."""
+    return batch["status"] not in TERMINAL and not validating(batch)
 
 
 def cancel_requested(batch: dict[str, Any], now_s: int) -> dict[str, Any]:
@@ -113,30 +137,58 @@ def expired_now(batch: dict[str, Any], now_s: int) -> bool:
     return batch["status"] in ("in_progress", "finalizing") and now_s >= batch["expires_at"]
 
 
-def advance(batch: dict[str, Any], progress: Progress, now_s: int) -> dict[str, Any]:
-    """The batch with live counts and whatever state they lead to."""
+def step(batch: dict[str, Any], progress: Progress, now_s: int) -> dict[str, Any] | None:
+    """The batch moved on by what is known of its job at `now_s`, or None when that
+    changes nothing (a validating or ended batch never changes here).
+
+    Live counts are taken; a batch whose every line is collected ends (completed, or
+    cancelled/expired when stopping), with the collector's line counts as its final
+    counts and the files that hold lines as its output and error files; one past its
+    window otherwise starts stopping as expired (the caller cancels its job); one whose
+    every request has an outcome, but not every line yet, is finalizing."""
+    if not moving(batch):
+        return None
+    total = batch["request_counts"]["total"]
     status = batch["status"]
-    if status in TERMINAL or status == "validating":
-        return batch
-    counts = {"total": progress.total, "completed": progress.completed, "failed": progress.failed}
-    updated = {**batch, "request_counts": counts}
-    collected_all = progress.collected >= progress.total
-    if status == "cancelling":
-        if not collected_all:
-            return updated
-        final = "expired" if batch.get("expired_by_window") else "cancelled"
-        return {**updated, "status": final, f"{final}_at": now_s}
-    if collected_all:
-        finalizing_at = batch["finalizing_at"] or now_s
-        return {
-            **updated,
-            "status": "completed",
-            "finalizing_at": finalizing_at,
-            "completed_at": now_s,
-        }
-    if progress.completed + progress.failed >= progress.total:
-        return {**updated, "status": "finalizing", "finalizing_at": batch["finalizing_at"] or now_s}
-    return updated
+    if progress.collected >= total:
+        if status == "cancelling":
+            status = "expired" if batch.get("expired_by_window") else "cancelled"
+        else:
+            status = "completed"
+        updated = _ended(batch, progress, status, now_s)
+    else:
+        counts = {"total": total, "completed": progress.completed, "failed": progress.failed}
+        updated = {**batch, "request_counts": counts}
+        if expired_now(batch, now_s):
+            updated = {**cancel_requested(updated, now_s), "expired_by_window": True}
+        elif status == "in_progress" and progress.completed + progress.failed >= total:
+            updated = {**updated, "status": "finalizing", "finalizing_at": now_s}
+    return None if updated == batch else updated
+
+
+def _ended(batch: dict[str, Any], progress: Progress, status: str, now_s: int) -> dict[str, Any]:
+    batch_id = batch["id"]
+    ended = {
+        **batch,
+        "status": status,
+        f"{status}_at": now_s,
+        # Final counts are the files' own: every outcome has its line by now.
+        "request_counts": {
+            "total": batch["request_counts"]["total"],
+            "completed": progress.output_lines,
+            "failed": progress.error_lines,
+        },
+        "output_file_id": output_file_id(batch_id, "output") if progress.output_lines else None,
+        "error_file_id": output_file_id(batch_id, "errors") if progress.error_lines else None,
+    }
+    if status == "completed":
+        ended["finalizing_at"] = batch["finalizing_at"] or now_s
+    return ended
+
+
+def output_file_id(batch_id: str, kind: str) -> str:
+    """The id of a batch's output ('output') or error ('errors') file."""
+    return f"file-{batch_id}-{kind}"
 
 
 def public(batch: dict[str, Any]) -> dict[str, Any]:

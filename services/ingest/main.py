@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from services import build_info
 from services.ingest.app import create_app
@@ -23,5 +24,9 @@ async def _serve(settings: IngestSettings) -> None:
 def run(settings: IngestSettings | None = None) -> None:
     settings = settings or IngestSettings()
     configure_logging(settings.log_level, settings.log_format)
+    if settings.log_level.upper() != "DEBUG":
+        # httpx logs every request at INFO: a line per moving batch per refresh, and per
+        # models poll. Failures are logged by ingest itself.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     build_info.record("ingest")
     asyncio.run(_serve(settings))

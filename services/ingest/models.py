@@ -73,15 +73,20 @@ class ServedModels:
             # The last known set stays: a scheduler restart must not refuse every line.
             log.warning("worker models unavailable; keeping the last set", error=str(exc))
 
-    async def follow(self, interval_s: float, changed: Callable[[frozenset[str]], None]) -> None:
-        """Refresh forever; `changed` hears of every new served set."""
-        if self._scheduler_url is None:
+    async def follow(
+        self,
+        client: httpx.AsyncClient | None,
+        interval_s: float,
+        changed: Callable[[frozenset[str]], None],
+    ) -> None:
+        """Refresh forever over `client` (ingest's one scheduler client); `changed` hears
+        of every new served set."""
+        if self._scheduler_url is None or client is None:
             return  # the configured set is all there is
-        async with httpx.AsyncClient(timeout=2) as client:
-            while True:
-                before = self.names()
-                await self.refresh(client)
-                if self.names() != before:
-                    log.info("served models changed", models=sorted(self.names()))
-                    changed(self.names())
-                await asyncio.sleep(interval_s)
+        while True:
+            before = self.names()
+            await self.refresh(client)
+            if self.names() != before:
+                log.info("served models changed", models=sorted(self.names()))
+                changed(self.names())
+            await asyncio.sleep(interval_s)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from services.collector.files import FileObject, FileStore
+from services.collector.files import FileObject, FileStore, valid_id
 from services.ingest.access import owner_or_default
 
 MAX_FILE_ID = 128  # ids made here are under 64 characters
@@ -46,16 +46,25 @@ class OwnedFiles:
         return self.store.register_existing(file_id, relative, filename, purpose)
 
     def get(self, file_id: str) -> OwnedFile | None:
-        if len(file_id) > MAX_FILE_ID:
-            return None  # no file has such an id, and the name would be too long to look up
+        if len(file_id) > MAX_FILE_ID or not valid_id(file_id):
+            return None  # no file has such an id (and it must never name a path)
+        # The owner first: a delete removes the file object before the owner record, so
+        # a file deleted meanwhile is missing here, never shown as the default tenant's.
+        owner = self._owner(file_id)
         file = self.store.get(file_id)
-        if file is None:
-            return None
+        return None if file is None else OwnedFile(file, owner)
+
+    def all(self) -> list[OwnedFile]:
+        """Every file with its owner, in no order."""
+        found = (self.get(file_id) for file_id in self.store.ids())
+        return [owned for owned in found if owned is not None]
+
+    def _owner(self, file_id: str) -> str:
         try:
             recorded = self._owner_path(file_id).read_text()
         except FileNotFoundError:
             recorded = None  # stored before owners were recorded
-        return OwnedFile(file, owner_or_default(recorded, self._default_tenant))
+        return owner_or_default(recorded, self._default_tenant)
 
     def content_path(self, file: FileObject) -> Path:
         return self.store.content_path(file)

@@ -62,6 +62,9 @@ class IngestOptions(BaseModel):
     scheduler_url: str | None = Field(
         None, description="scheduler web address for live batch counts; unset: the collector's"
     )
+    batch_refresh_s: float = Field(
+        1.0, gt=0, description="how often every unfinished batch's state and counts advance"
+    )
     collector: bool = Field(True, description="run the results collector inside ingest")
     submissions: bool = Field(
         True, description="consume batch lines Kafka producers write to the submissions topic"

@@ -112,6 +112,11 @@ class Api:
         assert reply.status_code == 200, reply.text
         return job_id
 
+    def file_ids(self, headers: dict[str, str], **params: str) -> list[str]:
+        reply = self.call("GET", "/v1/files", headers, params=params)
+        assert reply.status_code == 200, reply.text
+        return [f["id"] for f in reply.json()["data"]]
+
     def batch_ids(self, headers: dict[str, str], **params: str) -> list[str]:
         reply = self.call("GET", "/v1/batches", headers, params={"limit": "100", **params})
         assert reply.status_code == 200, reply.text
@@ -142,6 +147,9 @@ TABLE: dict[tuple[str, str], Row] = {
         lambda api, h: api.call("GET", "/v1/models", h), (200, 200, 401, 401, 200)
     ),
     ("POST", "/v1/files"): Row(lambda api, h: api.upload_file(h), (200, 200, 401, 401, 200)),
+    ("GET", "/v1/files"): Row(
+        lambda api, h: api.call("GET", "/v1/files", h), (200, 200, 401, 401, 200)
+    ),
     ("GET", "/v1/files/{file_id}"): Row(
         lambda api, h: api.call("GET", f"/v1/files/{api.file()}", h), (200, 404, 401, 401, 200)
     ),
@@ -332,6 +340,25 @@ def test_lists_show_only_the_callers_batches_and_the_admin_all(api: Api) -> None
     assert api.batch_ids(BETA, after=beta_batch) == beta_sees[beta_sees.index(beta_batch) + 1 :]
 
 
+def test_file_lists_show_only_the_callers_files_and_the_admin_all(api: Api) -> None:
+    acme_files = {api.file(ACME), api.file(ACME)}
+    beta_file = api.file(BETA)
+    acme_sees, beta_sees, ops_sees = (api.file_ids(h) for h in (ACME, BETA, OPS))
+    assert acme_files <= set(acme_sees) and beta_file not in acme_sees
+    assert beta_file in beta_sees and not acme_files & set(beta_sees)
+    assert acme_files | {beta_file} <= set(ops_sees)
+    for file_id in acme_sees:
+        assert api.call("GET", f"/v1/files/{file_id}", ACME).status_code == 200
+    # A header claiming another tenant changes nothing.
+    assert api.file_ids({**BETA, "X-Kbatch-Tenant": "acme"}) == beta_sees
+    assert api.file_ids({**BETA, "X-Kbatch-Tenant": "ops"}) == beta_sees
+    # Paging after another tenant's file is paging after an unknown id.
+    for order in ("asc", "desc"):
+        assert api.file_ids(BETA, after=next(iter(acme_files)), order=order) == []
+        assert api.file_ids(BETA, after=f"file-{uuid.uuid4().hex}", order=order) == []
+    assert api.file_ids(BETA, after=beta_file) == beta_sees[beta_sees.index(beta_file) + 1 :]
+
+
 def test_output_files_are_the_batch_owners(
     bootstrap: str, api: Api, ingest: Ingest, tmp_path: Path
 ) -> None:
@@ -363,6 +390,9 @@ def test_output_files_are_the_batch_owners(
         assert api.call(method, path, BETA).status_code == 404, path
     assert api.call("DELETE", f"/v1/files/{output}", OPS).status_code == 403
     assert api.create_batch(output, BETA).status_code == 400
+    assert output in api.file_ids(ACME, purpose="batch_output")
+    assert output in api.file_ids(OPS, purpose="batch_output")
+    assert output not in api.file_ids(BETA)
     assert api.call("DELETE", f"/v1/files/{output}", ACME).status_code == 200
 
 

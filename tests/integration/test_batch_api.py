@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types import FileObject
 
 from services.harness.kafka import unique_topics, wait_for
 from services.harness.pipeline import (
@@ -116,6 +117,74 @@ def test_a_whole_batch_with_invalid_lines(stack: Stack, tmp_path: Path) -> None:
     assert done.error_file_id is None
     listed = stack.client.batches.list(limit=10)
     assert [b.id for b in listed.data] == [batch.id]
+
+
+def test_a_batch_nobody_fetches_moves_on_by_itself(stack: Stack, tmp_path: Path) -> None:
+    file_id = upload(stack.client, tmp_path, [batch_line(f"u{i}") for i in range(30)])
+    watched, unwatched = (
+        stack.client.batches.create(
+            input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        for _ in range(2)
+    )
+    wait_status(stack.client, watched.id, {"completed"})
+
+    def listed_completed() -> Any:
+        listed = {b.id: b for b in stack.client.batches.list(limit=100).data}
+        return listed[unwatched.id].status == "completed" and listed[unwatched.id]
+
+    # `unwatched` is never fetched by id: only the list shows it.
+    done = wait_for(listed_completed, 60, f"{unwatched.id} completed in the list", 0.5)
+    assert done.request_counts is not None
+    counts = done.request_counts
+    assert (counts.total, counts.completed, counts.failed) == (30, 30, 0)
+    assert done.completed_at is not None and done.error_file_id is None
+    assert done.output_file_id == f"file-{unwatched.id}-output"
+    output = stack.client.files.retrieve(done.output_file_id)
+    assert (output.purpose, output.filename) == ("batch_output", f"{unwatched.id}_output.jsonl")
+    lines = jsonl(stack.client, done.output_file_id)
+    assert sorted(line["custom_id"] for line in lines) == sorted(f"u{i}" for i in range(30))
+
+
+def ids(files: Iterable[FileObject]) -> list[str]:
+    return [file.id for file in files]
+
+
+def test_files_list_like_openai(stack: Stack, tmp_path: Path) -> None:
+    client = stack.client
+    inputs = [upload(client, tmp_path, [batch_line(f"f{i}")]) for i in range(3)]
+    batch = client.batches.create(
+        input_file_id=inputs[0], endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    output_id = wait_status(client, batch.id, {"completed"}).output_file_id
+    everything = client.files.list()
+    newest_first = ids(everything.data)
+    assert sorted(newest_first) == sorted([*inputs, output_id]) and everything.has_more is False
+    created = [file.created_at for file in everything.data]
+    assert created == sorted(created, reverse=True)
+    assert ids(client.files.list(order="asc").data) == newest_first[::-1]
+    assert ids(client.files.list(order="desc").data) == newest_first
+    # purpose: only files with it.
+    assert sorted(ids(client.files.list(purpose="batch").data)) == sorted(inputs)
+    assert ids(client.files.list(purpose="batch_output").data) == [output_id]
+    assert client.files.list(purpose="fine-tune").data == []
+    # limit and after: pages that follow one another; the SDK's own paging walks them all.
+    first = client.files.list(limit=3)
+    assert ids(first.data) == newest_first[:3] and first.has_more is True
+    rest = client.files.list(limit=3, after=first.data[-1].id)
+    assert ids(rest.data) == newest_first[3:] and rest.has_more is False
+    assert ids(client.files.list(limit=1)) == newest_first  # iterating follows `after`
+    asc = ids(client.files.list(limit=2, order="asc", after=newest_first[-1]).data)
+    assert asc == newest_first[::-1][1:3]
+    assert client.files.list(after="file-nosuchfile").data == []
+    page = httpx.get(f"{stack.ingest_url}/v1/files", params={"limit": 2}, timeout=10).json()
+    assert (page["object"], page["first_id"], page["last_id"]) == ("list", *newest_first[:2])
+    # A deleted file is gone from the list.
+    client.files.delete(inputs[1])
+    assert inputs[1] not in ids(client.files.list().data)
+    for bad in ({"limit": 0}, {"limit": 10_001}, {"extra_query": {"order": "sideways"}}):
+        with pytest.raises(openai.BadRequestError):
+            client.files.list(**bad)
 
 
 def test_a_cancelled_batch_ends_cancelled_with_partial_output(stack: Stack, tmp_path: Path) -> None:
