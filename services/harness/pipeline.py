@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from confluent_kafka import Message, Producer
+from confluent_kafka import Producer
 
 from services.codec import DEAD_LETTER, REQUEST, codec, results_codec
 from services.harness.kafka import read_topic
 from services.harness.ports import free_port
 from services.harness.processes import ServiceProcess
 from services.ingest.validation import request_id_for
+from services.kafka.consumers import byte_headers
 from services.settings import TopicSettings
 
 
@@ -120,11 +121,6 @@ class Outcomes:
         return len(self.results) + len(self.dead)
 
 
-def _headers(message: Message) -> dict[str, bytes]:
-    pairs: Any = message.headers() or ()
-    return {name: value for name, value in pairs if isinstance(value, bytes)}
-
-
 def outcomes(bootstrap: str, topics: TopicSettings, expect: int, timeout_s: float = 60) -> Outcomes:
     """Everything committed to results and DLQ, read with read_committed."""
     deadline = time.monotonic() + timeout_s
@@ -133,7 +129,7 @@ def outcomes(bootstrap: str, topics: TopicSettings, expect: int, timeout_s: floa
         dead = read_topic(bootstrap, topics.dlq, timeout_s=10)
         found = Outcomes(
             [results_codec().decode(m.value()) for m in results],  # Avro or JSON
-            [(codec(DEAD_LETTER).decode(m.value()), _headers(m)) for m in dead],
+            [(codec(DEAD_LETTER).decode(m.value()), byte_headers(m)) for m in dead],
         )
         if found.total >= expect or time.monotonic() > deadline:
             return found

@@ -35,7 +35,7 @@ from services.ingest import metrics
 from services.ingest.jobs import JobBook, JobTotals
 from services.ingest.ledger import JobLedger
 from services.ingest.validation import Limits, Rejection, RequestContext, parse_line
-from services.kafka.consumers import ConsumerRole, make_consumer
+from services.kafka.consumers import ConsumerRole, byte_headers, make_consumer
 from services.kafka.lag import BacklogMonitor
 from services.kafka.retries import KAFKA_RETRIES, jittered_backoff_s
 from services.kafka.transactions import OutRecord, TransactionalProducer
@@ -91,11 +91,6 @@ def rejection_value(message: Message, job_id: str | None, rejection: Rejection) 
         },
         ensure_ascii=False,
     ).encode()
-
-
-def _headers(message: Message) -> dict[str, bytes]:
-    pairs: Any = message.headers() or ()
-    return {name.lower(): value for name, value in pairs if isinstance(value, bytes)}
 
 
 @dataclass
@@ -257,7 +252,8 @@ class SubmissionConsumer:
 
     def _take(self, message: Message, offset: int, draft: Draft) -> None:
         setup = self._setup
-        envelope = envelope_of(_headers(message), setup.default_tenant)
+        headers = {name.lower(): value for name, value in byte_headers(message).items()}
+        envelope = envelope_of(headers, setup.default_tenant)
         if isinstance(envelope, str):
             self._reject(draft, message, None, Rejection(offset, "invalid_envelope", envelope))
             return

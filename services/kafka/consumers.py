@@ -13,7 +13,7 @@ import uuid
 from enum import Enum
 from typing import Any
 
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, Message
 
 
 class ConsumerRole(Enum):
@@ -74,3 +74,9 @@ def make_consumer(
 ) -> Consumer:
     """A consumer configured by `consumer_config`."""
     return Consumer(consumer_config(base_config, role, group_id, **overrides))
+
+
+def byte_headers(message: Message) -> dict[str, bytes]:
+    """A consumed record's headers by name (the last of a repeated one); valueless left out."""
+    pairs: Any = message.headers() or ()
+    return {name: value for name, value in pairs if isinstance(value, bytes)}
