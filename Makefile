@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 VLLM_VENV  := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: test test-vllm prometheus-installed kcat-installed lint demo kafka-up kafka-down bench-ingest bench-pipeline bench-failover bench-chaos bench-scale bench-engines clean
+.PHONY: test test-vllm prometheus-installed kcat-installed jdk-installed lint demo kafka-up kafka-down bench-ingest bench-pipeline bench-failover bench-chaos bench-scale bench-engines clean
 
 # The dev extra brings llama-cpp-python, built from source once per machine (a few
 # minutes on 2 cores); pip keeps the built wheel in its cache for every later install.
@@ -46,9 +46,18 @@ kcat-installed:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends kcat; \
 	fi
 
+# The test broker runs from Maven Central jars, and tests/interop builds a Java results
+# reader against Avro from Maven Central: a JDK and Maven, installed here when missing.
+jdk-installed:
+	@if ! command -v java >/dev/null || ! command -v javac >/dev/null || ! command -v mvn >/dev/null; then \
+	  SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO="sudo"; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends default-jdk-headless maven; \
+	fi
+
 # The test session starts its own broker (Maven Central jars) unless
 # KBATCH_BOOTSTRAP_SERVERS names a running one.
-test: lint prometheus-installed kcat-installed
+test: lint prometheus-installed kcat-installed jdk-installed
 	$(BIN)/pytest
 
 # Opt-in: the vLLM adapter checked against the vLLM it pins, in its own venv (~10 GB,

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, cast
 
-from confluent_kafka import KafkaError, Message, TopicPartition
+from confluent_kafka import KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from services.kafka.consumers import ConsumerRole, make_consumer
@@ -61,6 +61,23 @@ def read_topic(
     finally:
         consumer.close()
     return messages
+
+
+def produce_values(bootstrap: str, topic: str, values: list[bytes], partition: int = 0) -> None:
+    """Publish `values` as they are, in order, to one partition; waits for every ack."""
+    failures: list[KafkaError] = []
+
+    def delivered(error: KafkaError | None, _: Message) -> None:
+        if error is not None:
+            failures.append(error)
+
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    for value in values:
+        producer.produce(topic, value, partition=partition, on_delivery=delivered)
+        producer.poll(0)
+    unsent = producer.flush(30)
+    if unsent or failures:
+        raise AssertionError(f"{unsent} record(s) to {topic} unacknowledged in 30 s: {failures}")
 
 
 def wait_for(

@@ -15,10 +15,13 @@ from services.settings import CommonSettings
 # the one decoding: any event-loop hiccup longer than a decode left it idle (bench.engines:
 # 108 requests/s at 2, 124 at 8).
 MIN_DEFAULT_IN_FLIGHT = 8
-# Bounding uncommitted records at 4x a narrow engine's in-flight cap made every few
-# results wait for a transaction (llamacpp, cap 2: 0.16 of the binding's own rate in
-# bench.engines). The floor keeps commits batched whatever the engine's width.
-MIN_DEFAULT_UNCOMMITTED = 512
+# The uncommitted window must hold what the worker takes in while a commit round is in
+# flight, or intake stops on every commit: bounded by 4x a narrow engine's in-flight cap,
+# every few results waited for a transaction (llamacpp, cap 2: 0.16 of the binding's own
+# rate in bench.engines), and a floor of 512 still held the message path to ~3,000
+# requests/s (bench.pipeline, zero-cost engine; 10,000-12,000 with 4,096-16,384). Records
+# here are small (a request and its result); a crash redoes at most this many.
+MIN_DEFAULT_UNCOMMITTED = 8192
 
 
 def _default_worker_id() -> str:
