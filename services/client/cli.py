@@ -1,11 +1,18 @@
-"""`kbatch submit | jobs | status | results`: the Batch API and the topics from a shell."""
+"""`kbatch submit | jobs | status | results`: the Batch API and the topics from a shell.
+
+The tenant's token (`--api-key`, or KBATCH_API_KEY as for the openai client) goes to
+ingest as `Authorization: Bearer <key>` and nowhere else: it is never printed, and
+errors show ingest's answer, not the request's headers.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import typer
@@ -21,7 +28,26 @@ ApiOption = typer.Option("http://127.0.0.1:8080", "--api", envvar="KBATCH_API_UR
 SchedulerOption = typer.Option(
     "http://127.0.0.1:8070", "--scheduler", envvar="KBATCH_SCHEDULER_URL", help="scheduler web"
 )
+ApiKeyOption = typer.Option(
+    None,
+    "--api-key",
+    envvar="KBATCH_API_KEY",
+    show_default=False,
+    help="the tenant's token, sent as 'Authorization: Bearer <key>'",
+)
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
+
+
+@contextmanager
+def _client(api: str, api_key: str | None, timeout_s: float) -> Iterator[httpx.Client]:
+    """A client for ingest that carries the tenant's token, when there is one; an ingest
+    that does not answer ends the command with one line."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        with httpx.Client(base_url=api, headers=headers, timeout=timeout_s) as client:
+            yield client
+    except httpx.TransportError as exc:
+        _fail(f"ingest at {api} did not answer: {exc}")
 
 
 def submit(
@@ -31,9 +57,10 @@ def submit(
     wait: bool = typer.Option(False, "--wait", help="follow progress, then download results"),
     output: Path | None = typer.Option(None, "-o", "--output", help="results file (with --wait)"),
     api: str = ApiOption,
+    api_key: str | None = ApiKeyOption,
 ) -> None:
     """Upload a batch file, create the batch, and with --wait follow it to the end."""
-    with httpx.Client(base_url=api, timeout=600) as client:
+    with _client(api, api_key, 600) as client:
         with file.open("rb") as handle:
             uploaded = _ok(
                 client.post("/v1/files", files={"file": handle}, data={"purpose": "batch"})
@@ -85,9 +112,10 @@ def follow(client: httpx.Client, batch_id: str, output: Path) -> dict[str, Any]:
     return batch
 
 
-def jobs(api: str = ApiOption) -> None:
-    """The batches ingest knows, newest first."""
-    listing = _ok(httpx.get(f"{api}/v1/batches", params={"limit": 100}, timeout=30))
+def jobs(api: str = ApiOption, api_key: str | None = ApiKeyOption) -> None:
+    """The batches ingest shows the caller (a tenant: its own), newest first."""
+    with _client(api, api_key, 30) as client:
+        listing = _ok(client.get("/v1/batches", params={"limit": 100}))
     table = Table("batch", "status", "priority", "total", "completed", "failed", "created")
     for batch in listing["data"]:
         counts = batch["request_counts"]
@@ -134,10 +162,17 @@ def status(api: str = ApiOption, scheduler: str = SchedulerOption) -> None:
 def results(
     job: str = typer.Argument(..., help="job (batch) id"),
     output: Path | None = typer.Option(None, "-o", "--output", help="file; default stdout"),
+    api: str = ApiOption,
+    api_key: str | None = ApiKeyOption,
 ) -> None:
-    """A job's committed results as OpenAI batch output lines, read from the results topic."""
-    settings = CommonSettings()
-    lines = job_result_lines(settings.kafka_config(), settings.topics.results, job)
+    """A job's results as OpenAI batch output lines: with a key, the ended batch's output
+    and error files from ingest, as that tenant; without, the committed results read
+    straight from the results topic (an operator's view, past any tenant)."""
+    if api_key:
+        lines: Iterator[str] = _batch_result_lines(api, api_key, job)
+    else:
+        settings = CommonSettings()
+        lines = job_result_lines(settings.kafka_config(), settings.topics.results, job)
     out = output.open("w") if output else sys.stdout
     count = 0
     for line in lines:
@@ -148,8 +183,45 @@ def results(
         console.print(f"{count} results written to {output}")
 
 
+def _batch_result_lines(api: str, api_key: str, batch_id: str) -> Iterator[str]:
+    """The lines of an ended batch's output file, then of its error file. The batch is
+    checked now; the files are read as the lines are taken."""
+    with _client(api, api_key, 30) as client:
+        batch = _ok(client.get(f"/v1/batches/{batch_id}"))
+    if batch["status"] not in TERMINAL:
+        _fail(f"batch {batch_id} is {batch['status']}: its output and error files come at its end")
+    file_ids = [batch[key] for key in ("output_file_id", "error_file_id") if batch.get(key)]
+    return _file_lines(api, api_key, file_ids)
+
+
+def _file_lines(api: str, api_key: str, file_ids: list[str]) -> Iterator[str]:
+    with _client(api, api_key, 600) as client:
+        for file_id in file_ids:
+            with client.stream("GET", f"/v1/files/{file_id}/content") as reply:
+                if reply.status_code >= 400:
+                    reply.read()
+                    _ok(reply)  # ends the command with ingest's reason
+                yield from reply.iter_lines()
+
+
 def _ok(reply: httpx.Response) -> dict[str, Any]:
-    if reply.status_code >= 400:
-        raise typer.BadParameter(f"{reply.request.url}: {reply.status_code} {reply.text}")
-    body: dict[str, Any] = reply.json()
-    return body
+    """The reply's JSON body; an error status ends the command with ingest's reason."""
+    if reply.status_code < 400:
+        body: dict[str, Any] = reply.json()
+        return body
+    request = reply.request
+    message = f"{request.method} {request.url.path}: {reply.status_code} {reply.reason_phrase}"
+    try:
+        message += f": {reply.json()['error']['message']}"
+    except (ValueError, KeyError, TypeError):
+        message += f": {reply.text[:500]}"
+    if reply.status_code == 401:
+        message += " (give the tenant's token with --api-key or KBATCH_API_KEY)"
+    elif reply.status_code == 404:
+        message += " (or it belongs to another tenant than the key's)"
+    _fail(message)
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)

@@ -23,6 +23,10 @@ class FileObject:
     filename: str
     purpose: str
     path: str  # where the content lives, relative to the store root
+    expires_at: int | None = None  # None: kept until deleted
+
+    def expired(self, now_s: int) -> bool:
+        return self.expires_at is not None and now_s >= self.expires_at
 
     def to_json(self) -> dict[str, object]:
         body: dict[str, object] = {k: v for k, v in asdict(self).items() if k != "path"}
@@ -48,12 +52,20 @@ class FileStore:
         )
 
     def register_existing(
-        self, file_id: str, relative: str, filename: str, purpose: str
+        self,
+        file_id: str,
+        relative: str,
+        filename: str,
+        purpose: str,
+        expires_after_s: int | None = None,
     ) -> FileObject:
-        """Publish a file the collector wrote (a batch's output or error file)."""
+        """Publish a file already written under the root (an upload, or a batch's output
+        or error file the collector wrote), expiring `expires_after_s` after now."""
         size = (self.root / relative).stat().st_size
+        now = int(time.time())
+        expires_at = None if expires_after_s is None else now + expires_after_s
         return self._register(
-            FileObject(file_id, size, int(time.time()), filename, purpose, relative)
+            FileObject(file_id, size, now, filename, purpose, relative, expires_at)
         )
 
     def get(self, file_id: str) -> FileObject | None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -24,7 +25,7 @@ from services.collector.files import FileStore
 from services.ingest import metrics
 from services.ingest.access import Action, Verdict, decide
 from services.ingest.auth import Callers, TenantAuth, is_loopback
-from services.ingest.batch_api import BatchApi
+from services.ingest.batch_api import BatchApi, openai_error
 from services.ingest.batch_book import BatchBook
 from services.ingest.batch_refresh import BatchRefresher
 from services.ingest.jobs import JobBook, JobTotals
@@ -323,6 +324,14 @@ async def openapi_document(_: Request) -> Response:
     return Response(path.read_bytes(), media_type="application/json")
 
 
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no such route, wrong method, a malformed form) in
+    OpenAI's error shape, as every other answer of ingest's."""
+    assert isinstance(exc, HTTPException)
+    message = f"{exc.detail}: {request.method} {request.url.path}"
+    return openai_error(exc.status_code, message, headers=exc.headers)
+
+
 def create_app(settings: IngestSettings) -> Starlette:
     service = IngestService(settings)
     routes = [
@@ -336,6 +345,11 @@ def create_app(settings: IngestSettings) -> Starlette:
     middleware = []
     if settings.ingest.tenant_tokens:
         middleware.append(Middleware(TenantAuth, tokens=settings.ingest.tenant_tokens))
-    app = Starlette(routes=routes, lifespan=service.lifespan, middleware=middleware)
+    app = Starlette(
+        routes=routes,
+        lifespan=service.lifespan,
+        middleware=middleware,
+        exception_handlers={HTTPException: _http_error},
+    )
     app.state.service = service
     return app

@@ -50,6 +50,7 @@ class TenantAuth(BaseHTTPMiddleware):
                 "error": {
                     "message": "a valid bearer token is required",
                     "type": "invalid_request_error",
+                    "param": None,
                     "code": "invalid_api_key",
                 }
             }

@@ -13,7 +13,7 @@ import itertools
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from services.ingest import batch_state
 from services.ingest.access import Action, Caller, Verdict, can_see, decide
 from services.ingest.auth import Callers
 from services.ingest.batch_book import BatchBook
+from services.ingest.batch_request import Invalid, batch_request, form_expires_after
 from services.ingest.jobs import JobBook
 from services.ingest.listing import cursor_page
 from services.ingest.owned_files import OwnedFile, OwnedFiles
@@ -40,17 +41,22 @@ log = get_logger("batches")
 # (a permanent failure, such as a record over the topic's max.message.bytes, never heals).
 MAX_DELIVERY_PASSES = 4
 
-ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 MAX_FILES_LISTED = 10_000  # OpenAI's files.list limit: its maximum and its default
+MAX_BATCHES_LISTED = 100  # OpenAI's batches.list limit: at most 100, 20 by default
 
 
 def openai_error(
-    status: int, message: str, param: str | None = None, code: str | None = None
+    status: int,
+    message: str,
+    param: str | None = None,
+    code: str | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
+    """OpenAI's error body: `{"error": {"message", "type", "param", "code"}}`."""
     body = {
         "error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}
     }
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _guard(caller: Caller, owner: str | None, action: Action, missing: Response) -> Response | None:
@@ -137,12 +143,16 @@ class BatchApi:
                 return openai_error(400, "purpose must be 'batch'", "purpose")
             if upload is None or isinstance(upload, str):
                 return openai_error(400, "a file part is required", "file")
+            expiry = form_expires_after(form)
+            if isinstance(expiry, Invalid):
+                return openai_error(400, expiry.message, expiry.param)
             saved = await asyncio.to_thread(
                 self.files.save_upload,
                 upload.file,
                 upload.filename or "upload.jsonl",
                 purpose,
                 self.callers.of(request).tenant,
+                expiry,
             )
         return JSONResponse(saved.to_json())
 
@@ -201,36 +211,32 @@ class BatchApi:
             body = await request.json()
         except ValueError:  # not JSON, or not UTF-8
             return openai_error(400, "body must be JSON")
-        if not isinstance(body, dict):
-            return openai_error(400, "body must be a JSON object")
+        asked = batch_request(body)
+        if isinstance(asked, Invalid):
+            return openai_error(400, asked.message, asked.param)
         caller = self.callers.of(request)
-        found = self.files.get(str(body.get("input_file_id", "")))
+        found = self.files.get(asked.input_file_id)
         no_file = openai_error(400, "input_file_id names no file", "input_file_id")
         refusal = _guard(caller, found.owner if found else None, Action.CHANGE, no_file)
         if refusal is not None or found is None:
             return refusal or no_file
         file = found.file
-        if body.get("endpoint") not in ENDPOINTS:
-            return openai_error(400, f"endpoint must be one of {', '.join(ENDPOINTS)}", "endpoint")
-        try:
-            priority = Lane(body.get("priority", "normal"))
-            batch = batch_state.new_batch(
-                f"batch_{uuid.uuid4().hex}",
-                file.id,
-                body["endpoint"],
-                str(body.get("completion_window", "24h")),
-                body.get("metadata"),
-                priority.value,
-                int(time.time()),
-                tenant=caller.tenant,
-            )
-        except ValueError as exc:
-            return openai_error(400, str(exc), "completion_window")
+        batch = batch_state.new_batch(
+            f"batch_{uuid.uuid4().hex}",
+            file.id,
+            asked.endpoint,
+            asked.completion_window,
+            asked.metadata,
+            asked.priority.value,
+            int(time.time()),
+            tenant=caller.tenant,
+            output_expires_after_s=asked.output_expires_after_s,
+        )
         # The batch's job id is the caller's before any line of it is published.
         await self.jobs.claim(batch["id"], caller.tenant)
         await self.batches.put(batch)
         task = asyncio.create_task(
-            self._ingest(batch, self.files.content_path(file), caller.tenant, priority)
+            self._ingest(batch, self.files.content_path(file), caller.tenant, asked.priority)
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -299,9 +305,11 @@ class BatchApi:
 
     async def list_batches(self, request: Request) -> Response:
         try:
-            limit = min(100, max(1, int(request.query_params.get("limit", "20"))))
+            limit = int(request.query_params.get("limit", "20"))
         except ValueError:
             return openai_error(400, "limit must be an integer", "limit")
+        if not 1 <= limit <= MAX_BATCHES_LISTED:
+            return openai_error(400, f"limit must be from 1 to {MAX_BATCHES_LISTED}", "limit")
         caller, default = self.callers.of(request), self.callers.default_tenant
         visible = [b for b in self.batches.all() if can_see(caller, batch_state.owner(b, default))]
         ordered = sorted(visible, key=lambda b: (b["created_at"], b["id"]), reverse=True)

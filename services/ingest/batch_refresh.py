@@ -31,6 +31,8 @@ _FILES = (("output_file_id", OUTPUT, "output"), ("error_file_id", ERRORS, "error
 # Batches refreshed at once: many moving batches must not queue past the scheduler
 # client's pool timeout (and fall back to the collector's counts for that).
 CONCURRENT_REFRESHES = 16
+# Expired files are hidden at once (`OwnedFiles.get`); their space is reclaimed this often.
+EXPIRED_FILES_SWEEP_S = 60.0
 
 
 class BatchRefresher:
@@ -59,10 +61,25 @@ class BatchRefresher:
         return task
 
     async def run(self, interval_s: float) -> None:
-        """Refresh every moving batch, forever, `interval_s` apart."""
+        """Refresh every moving batch, forever, `interval_s` apart; delete expired files
+        every EXPIRED_FILES_SWEEP_S."""
+        swept_at = -EXPIRED_FILES_SWEEP_S
         while True:
             await self.refresh_all()
+            if time.monotonic() - swept_at >= EXPIRED_FILES_SWEEP_S:
+                swept_at = time.monotonic()
+                await self.delete_expired_files()
             await asyncio.sleep(interval_s)
+
+    async def delete_expired_files(self) -> None:
+        """Delete the files whose `expires_at` has come (a failure waits for the next sweep)."""
+        try:
+            deleted = await asyncio.to_thread(self.files.delete_expired, int(time.time()))
+        except OSError as exc:
+            log.warning("expired files not deleted", error=str(exc))
+            return
+        if deleted:
+            log.info("expired files deleted", files=len(deleted))
 
     async def refresh_all(self) -> None:
         """One pass: every moving batch refreshed (one that fails stays as it was)."""
@@ -132,6 +149,7 @@ class BatchRefresher:
                     f"{batch['id']}_{kind}.jsonl",
                     "batch_output",
                     owner,
+                    batch.get("output_expires_after_s"),
                 )
 
 

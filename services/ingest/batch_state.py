@@ -17,6 +17,8 @@ from services.ingest.access import owner_or_default
 
 TERMINAL = frozenset({"failed", "completed", "expired", "cancelled"})
 _WINDOW = re.compile(r"^(\d+)([hd])$")
+# Kept with the batch, not part of OpenAI's batch object.
+_PRIVATE = ("priority", "expired_by_window", "tenant", "output_expires_after_s")
 
 
 def window_seconds(completion_window: str) -> int:
@@ -53,6 +55,7 @@ def new_batch(
     now_s: int,
     *,
     tenant: str | None = None,  # None: the default tenant's (as batches from before owners)
+    output_expires_after_s: int | None = None,  # its output and error files' lifetime
 ) -> dict[str, Any]:
     return {
         "id": batch_id,
@@ -77,6 +80,7 @@ def new_batch(
         "metadata": metadata,
         "priority": priority,
         "tenant": tenant,
+        "output_expires_after_s": output_expires_after_s,
     }
 
 
@@ -193,6 +197,6 @@ def output_file_id(batch_id: str, kind: str) -> str:
 
 def public(batch: dict[str, Any]) -> dict[str, Any]:
     """The object as OpenAI clients expect it (kbatch's own fields kept, clearly named)."""
-    body = {k: v for k, v in batch.items() if k not in ("priority", "expired_by_window", "tenant")}
+    body = {k: v for k, v in batch.items() if k not in _PRIVATE}
     body["kbatch"] = {"priority": batch["priority"], "tenant": batch.get("tenant")}
     return body

@@ -9,6 +9,7 @@ owners were recorded and belongs to the default tenant.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,33 +32,59 @@ class OwnedFiles:
         self.store = store
         self._default_tenant = default_tenant
 
-    def save_upload(self, source: BinaryIO, filename: str, purpose: str, owner: str) -> FileObject:
+    def save_upload(
+        self,
+        source: BinaryIO,
+        filename: str,
+        purpose: str,
+        owner: str,
+        expires_after_s: int | None = None,
+    ) -> FileObject:
         file_id = f"file-{uuid.uuid4().hex}"
         self._write_owner(file_id, owner)
         relative = f"files/{file_id}.data"
         _write_whole(self.store.root / relative, source)
-        return self.store.register_existing(file_id, relative, filename, purpose)
+        return self.store.register_existing(file_id, relative, filename, purpose, expires_after_s)
 
     def register_output(
-        self, file_id: str, relative: str, filename: str, purpose: str, owner: str
+        self,
+        file_id: str,
+        relative: str,
+        filename: str,
+        purpose: str,
+        owner: str,
+        expires_after_s: int | None = None,
     ) -> FileObject:
         """Publish a batch's output or error file (the collector wrote it) as `owner`'s."""
         self._write_owner(file_id, owner)
-        return self.store.register_existing(file_id, relative, filename, purpose)
+        return self.store.register_existing(file_id, relative, filename, purpose, expires_after_s)
 
-    def get(self, file_id: str) -> OwnedFile | None:
+    def get(self, file_id: str, now_s: int | None = None) -> OwnedFile | None:
+        """The file and its owner; None for a missing or an expired one (as OpenAI, which
+        deletes files at their `expires_at`; `delete_expired` reclaims their space)."""
         if len(file_id) > MAX_FILE_ID or not valid_id(file_id):
             return None  # no file has such an id (and it must never name a path)
         # The owner first: a delete removes the file object before the owner record, so
         # a file deleted meanwhile is missing here, never shown as the default tenant's.
         owner = self._owner(file_id)
         file = self.store.get(file_id)
-        return None if file is None else OwnedFile(file, owner)
+        if file is None or file.expired(int(time.time()) if now_s is None else now_s):
+            return None
+        return OwnedFile(file, owner)
 
     def all(self) -> list[OwnedFile]:
-        """Every file with its owner, in no order."""
+        """Every unexpired file with its owner, in no order."""
         found = (self.get(file_id) for file_id in self.store.ids())
         return [owned for owned in found if owned is not None]
+
+    def delete_expired(self, now_s: int) -> list[str]:
+        """Delete every file whose `expires_at` has come; their ids."""
+        expired = [
+            file.id
+            for file in (self.store.get(file_id) for file_id in self.store.ids())
+            if file is not None and file.expired(now_s)
+        ]
+        return [file_id for file_id in expired if self.delete(file_id)]
 
     def _owner(self, file_id: str) -> str:
         try:
