@@ -77,17 +77,16 @@ kafka-down: $(STAMP)
 
 # Each bench prints JSON and keeps it, with its logs, under .kbatch/bench (--out DIR).
 # Those behind the README's figures also update docs/bench and re-render the README.
-bench-ingest bench-pipeline: bench-%: $(STAMP)
+bench-ingest bench-pipeline bench-failover bench-chaos: bench-%: $(STAMP)
 	$(BIN)/kbatch bench $*
 	cp .kbatch/bench/$*.json docs/bench/$*.json
 	$(BIN)/python -m services.bench.readme
 
-bench-failover bench-chaos: bench-%: $(STAMP)
-	$(BIN)/kbatch bench $*
-
 # The README's figure; the plot needs `pip install -e '.[plots]'`.
 bench-scale: $(STAMP)
 	$(BIN)/kbatch bench scale --figure docs/scale.png
+	cp .kbatch/bench/scale.json docs/bench/scale.json
+	$(BIN)/python -m services.bench.readme
 
 bench-engines: $(STAMP)
 	$(BIN)/kbatch bench engines --out docs/bench/engines.json

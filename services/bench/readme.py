@@ -16,6 +16,9 @@ BENCH_FILES = {
     "engines": Path("docs/bench/engines.json"),
     "pipeline": Path("docs/bench/pipeline.json"),
     "ingest": Path("docs/bench/ingest.json"),
+    "scale": Path("docs/bench/scale.json"),
+    "chaos": Path("docs/bench/chaos.json"),
+    "failover": Path("docs/bench/failover.json"),
 }
 
 
@@ -93,7 +96,112 @@ def ingest_table(result: dict[str, Any]) -> str:
     )
 
 
-RENDERERS = {"engines": engines_table, "pipeline": pipeline_table, "ingest": ingest_table}
+def scale_table(result: dict[str, Any]) -> str:
+    """The 200K-request job (memory, latency per lane), then 1/2/4 workers."""
+    job, model, scaling = result["job"], result["cost_model"], result["scaling"]
+    lanes = job["results_by_priority"]
+    rss = job["rss_mib"]
+    services = [name for name in rss if name != "kafka"]
+    rows = [
+        f"{_measured(result)} Two simulated workers ({model['max_num_seqs']} seqs, "
+        f"{model['step_ms']:g} ms/step, max_tokens from {min(model['max_tokens'])} to "
+        f"{max(model['max_tokens'])}).",
+        "",
+        "| job | value |",
+        "|---|---|",
+        f"| requests ({' / '.join(lanes)}) | {job['requests']:,} "
+        f"({' / '.join(f'{n:,}' for n in lanes.values())}) |",
+        f"| lines in the output files | {sum(job['output_file_lines'].values()):,} "
+        f"(batches: {', '.join(sorted(set(job['batch_states'].values())))}) |",
+        f"| wall time, first upload to last batch completed | {job['wall_s']} s |",
+        f"| all requests published (validated, acknowledged) after | "
+        f"{job['all_published_after_s']} s (**{job['requests_per_s_in']:,} requests/s in**) |",
+        f"| requests/s out, steady state | **{job['requests_per_s_out']:,}** (ideal "
+        f"{job['ideal_requests_per_s']:,}: efficiency **{job['efficiency']:.3f}**) |",
+        f"| peak backlog in Kafka | {job['peak_backlog']:,} |",
+        f"| RSS first / peak / last MiB: {', '.join(services)} | "
+        + ", ".join(f"{rss[s]['first']}/{rss[s]['peak']}/{rss[s]['last']}" for s in services)
+        + " |",
+    ]
+    if "kafka" in rss:
+        broker = rss["kafka"]
+        rows.append(
+            f"| RSS of the broker (JVM, 1 GiB heap cap) | "
+            f"{broker['first']} / {broker['peak']} / {broker['last']} |"
+        )
+    rows += [
+        "",
+        "| priority | latency s, acceptance to result: p50 / p95 / p99 / max |",
+        "|---|---|",
+    ]
+    for lane, cuts in job["latency_s"].items():
+        rows.append(f"| {lane} | {cuts['p50']} / {cuts['p95']} / {cuts['p99']} / {cuts['max']} |")
+    rows += [
+        "",
+        f"Scaling: {scaling['requests']:,} requests published straight to the requests topic, "
+        f"{scaling['partitions']} partitions, {scaling['step_ms']:g} ms/step.",
+        "",
+        "| workers | requests/s (steady) | per worker | against 1 worker x N | ideal | of ideal |",
+        "|---|---|---|---|---|---|",
+    ]
+    for workers, figures in scaling["workers"].items():
+        rows.append(
+            f"| {workers} | {figures['requests_per_s']:,} | {figures['per_worker']:,} | "
+            f"{figures['vs_linear']} | {figures['ideal']:,} | "
+            f"{figures['requests_per_s'] / figures['ideal']:.2f} |"
+        )
+    return "\n".join(rows)
+
+
+def chaos_table(result: dict[str, Any]) -> str:
+    """Each fault alone on fresh jobs: what was lost, duplicated, miscounted; recovery."""
+    rows = [
+        f"{_measured(result)} {result['requests_per_run']:,}-request jobs, "
+        f"{result['workers']} workers, heartbeat timeout {result['heartbeat_timeout_s']} s.",
+        "",
+        "| fault | runs | requests | lost | duplicated | count wrong | failed checks "
+        "| recovery s (median / max) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, tally in result["scenarios"].items():
+        recovery = (
+            f"{tally['recovery_median_s']} / {tally['recovery_max_s']}"
+            if tally["recovery_s"]
+            else "—"
+        )
+        rows.append(
+            f"| {name} | {tally['runs']} | {tally['requests']:,} | {tally['lost']} | "
+            f"{tally['duplicated']} | {tally['miscounted']} | {len(tally['failed_checks'])} | "
+            f"{recovery} |"
+        )
+    return "\n".join(rows)
+
+
+def failover_table(result: dict[str, Any]) -> str:
+    """Seconds from a worker stopped to its partitions owned by others."""
+    rows = [
+        f"{_measured(result)} Heartbeats every {result['heartbeat_interval_s']:g} s, "
+        f"timeout {result['heartbeat_timeout_s']:g} s.",
+        "",
+        "| worker stopped by | rounds | min s | median s | max s |",
+        "|---|---|---|---|---|",
+    ]
+    for how, figures in result["stopped_by"].items():
+        rows.append(
+            f"| {how} | {len(figures['seconds'])} | {figures['min_s']} | "
+            f"{figures['median_s']} | {figures['max_s']} |"
+        )
+    return "\n".join(rows)
+
+
+RENDERERS = {
+    "engines": engines_table,
+    "pipeline": pipeline_table,
+    "ingest": ingest_table,
+    "scale": scale_table,
+    "chaos": chaos_table,
+    "failover": failover_table,
+}
 
 
 def block(name: str, text: str) -> str:
