@@ -29,6 +29,15 @@ def _measured(result: dict[str, Any]) -> str:
     )
 
 
+def _table(columns: list[str], rows: list[list[object]]) -> list[str]:
+    """A markdown table's lines."""
+    return [
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+        *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows),
+    ]
+
+
 def _goal(ratio: float, goal: float) -> str:
     return f"≥ {goal} ({'met' if ratio >= goal else '**not met**'})"
 
@@ -96,6 +105,10 @@ def ingest_table(result: dict[str, Any]) -> str:
     )
 
 
+SCALING_COLUMNS = ["workers", "requests/s (steady)", "per worker", "against 1 worker x N"]
+SCALING_COLUMNS += ["ideal", "of ideal"]
+
+
 def scale_table(result: dict[str, Any]) -> str:
     """The 200K-request job (memory, latency per lane), then 1/2/4 workers."""
     job, model, scaling = result["job"], result["cost_model"], result["scaling"]
@@ -141,57 +154,62 @@ def scale_table(result: dict[str, Any]) -> str:
         f"Scaling: {scaling['requests']:,} requests published straight to the requests topic, "
         f"{scaling['partitions']} partitions, {scaling['step_ms']:g} ms/step.",
         "",
-        "| workers | requests/s (steady) | per worker | against 1 worker x N | ideal | of ideal |",
-        "|---|---|---|---|---|---|",
+        *_table(
+            SCALING_COLUMNS,
+            [
+                [
+                    workers,
+                    f"{figures['requests_per_s']:,}",
+                    f"{figures['per_worker']:,}",
+                    figures["vs_linear"],
+                    f"{figures['ideal']:,}",
+                    f"{figures['requests_per_s'] / figures['ideal']:.2f}",
+                ]
+                for workers, figures in scaling["workers"].items()
+            ],
+        ),
     ]
-    for workers, figures in scaling["workers"].items():
-        rows.append(
-            f"| {workers} | {figures['requests_per_s']:,} | {figures['per_worker']:,} | "
-            f"{figures['vs_linear']} | {figures['ideal']:,} | "
-            f"{figures['requests_per_s'] / figures['ideal']:.2f} |"
-        )
     return "\n".join(rows)
 
 
 def chaos_table(result: dict[str, Any]) -> str:
     """Each fault alone on fresh jobs: what was lost, duplicated, miscounted; recovery."""
-    rows = [
-        f"{_measured(result)} {result['requests_per_run']:,}-request jobs, "
-        f"{result['workers']} workers, heartbeat timeout {result['heartbeat_timeout_s']} s.",
-        "",
-        "| fault | runs | requests | lost | duplicated | count wrong | failed checks "
-        "| recovery s (median / max) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, tally in result["scenarios"].items():
-        recovery = (
+    columns = ["fault", "runs", "requests", "lost", "duplicated", "count wrong"]
+    columns += ["failed checks", "recovery s (median / max)"]
+    rows: list[list[object]] = [
+        [
+            name,
+            tally["runs"],
+            f"{tally['requests']:,}",
+            tally["lost"],
+            tally["duplicated"],
+            tally["miscounted"],
+            len(tally["failed_checks"]),
             f"{tally['recovery_median_s']} / {tally['recovery_max_s']}"
             if tally["recovery_s"]
-            else "—"
-        )
-        rows.append(
-            f"| {name} | {tally['runs']} | {tally['requests']:,} | {tally['lost']} | "
-            f"{tally['duplicated']} | {tally['miscounted']} | {len(tally['failed_checks'])} | "
-            f"{recovery} |"
-        )
-    return "\n".join(rows)
+            else "—",
+        ]
+        for name, tally in result["scenarios"].items()
+    ]
+    intro = (
+        f"{_measured(result)} {result['requests_per_run']:,}-request jobs, "
+        f"{result['workers']} workers, heartbeat timeout {result['heartbeat_timeout_s']} s."
+    )
+    return "\n".join([intro, "", *_table(columns, rows)])
 
 
 def failover_table(result: dict[str, Any]) -> str:
     """Seconds from a worker stopped to its partitions owned by others."""
-    rows = [
-        f"{_measured(result)} Heartbeats every {result['heartbeat_interval_s']:g} s, "
-        f"timeout {result['heartbeat_timeout_s']:g} s.",
-        "",
-        "| worker stopped by | rounds | min s | median s | max s |",
-        "|---|---|---|---|---|",
+    rows: list[list[object]] = [
+        [how, len(f["seconds"]), f["min_s"], f["median_s"], f["max_s"]]
+        for how, f in result["stopped_by"].items()
     ]
-    for how, figures in result["stopped_by"].items():
-        rows.append(
-            f"| {how} | {len(figures['seconds'])} | {figures['min_s']} | "
-            f"{figures['median_s']} | {figures['max_s']} |"
-        )
-    return "\n".join(rows)
+    intro = (
+        f"{_measured(result)} Heartbeats every {result['heartbeat_interval_s']:g} s, "
+        f"timeout {result['heartbeat_timeout_s']:g} s."
+    )
+    columns = ["worker stopped by", "rounds", "min s", "median s", "max s"]
+    return "\n".join([intro, "", *_table(columns, rows)])
 
 
 RENDERERS = {
