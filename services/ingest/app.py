@@ -34,6 +34,7 @@ from services.ingest.models import ServedModels
 from services.ingest.owned_files import OwnedFiles
 from services.ingest.settings import IngestSettings
 from services.ingest.submissions import SubmissionConsumer, SubmissionSetup
+from services.ingest.tenant_usage import TenantUsage
 from services.ingest.upload import Publishing, Upload
 from services.ingest.validation import Limits, RequestContext
 from services.kafka.lag import BacklogMonitor
@@ -71,11 +72,9 @@ class IngestService:
         self.collector = Collector(
             settings.kafka_config(), settings.topics.results, settings.topics.dlq, root
         )
-        self.batch_api = BatchApi(
-            OwnedFiles(FileStore(root), self.options.default_tenant),
-            self.options.retry_after_s,
-            self.callers,
-        )
+        files = OwnedFiles(FileStore(root), self.options.default_tenant)
+        self.usage = TenantUsage(self.options, files)
+        self.batch_api = BatchApi(files, self.options.retry_after_s, self.callers, self.usage)
         self.scheduler: httpx.AsyncClient | None = None  # opened by the lifespan
         self.models = ServedModels(self.options.served_models, self.options.scheduler_url)
 
@@ -129,6 +128,10 @@ class IngestService:
             stop_submissions = asyncio.Event()
             submitting = self._start_submissions(backlog, stop_submissions)
             self.batch_api.attach(self.publishing, batches, self.jobs)
+            self.usage.attach(self.jobs, batches, self.collector.collected)
+            showing_usage = asyncio.create_task(
+                self.usage.show(self.options.batch_refresh_s), name="tenant-usage"
+            )
             await self.batch_api.fail_interrupted()
             if self.options.collector:
                 self.collector.start()
@@ -152,7 +155,8 @@ class IngestService:
                 yield
             finally:
                 refreshing.cancel()
-                await asyncio.gather(refreshing, return_exceptions=True)
+                showing_usage.cancel()
+                await asyncio.gather(refreshing, showing_usage, return_exceptions=True)
                 following_models.cancel()
                 stop_submissions.set()
                 await asyncio.gather(following_models, submitting, return_exceptions=True)
@@ -247,21 +251,31 @@ class IngestService:
         context = RequestContext(job_id, tenant, lane, int(time.time() * 1000))
         self.uploads_in_flight += 1
         metrics.UPLOADS_IN_FLIGHT.inc()
+        upload = Upload(
+            self.publishing,
+            context,
+            first_line,
+            # The job's owner's room: without tokens any caller may append to any job.
+            room=lambda adding: self.usage.fit_requests(job.tenant, adding),
+        )
         try:
-            outcome = await Upload(self.publishing, context, first_line).run(request.stream())
+            outcome = await upload.run(request.stream())
+            complete = not outcome.failed_chunks and outcome.refusal is None
+            assert self.jobs is not None  # set with publishing
+            totals = await self.jobs.add(
+                job_id,
+                tenant,
+                accepted=outcome.accepted,
+                rejected=len(outcome.rejections),
+                seal=seal and complete,
+            )
         finally:
+            # The accepted lines are in the job book now (and the unacknowledged ones
+            # were never queued): the room reserved for them is given back.
+            self.usage.release_requests(job.tenant, upload.reserved)
             self.uploads_in_flight -= 1
             metrics.UPLOADS_IN_FLIGHT.dec()
         body = outcome.to_json(self.options.max_rejections_listed)
-        complete = not outcome.failed_chunks and outcome.refusal is None
-        assert self.jobs is not None  # set with publishing
-        totals = await self.jobs.add(
-            job_id,
-            tenant,
-            accepted=outcome.accepted,
-            rejected=len(outcome.rejections),
-            seal=seal and complete,
-        )
         body["job"] = {
             "accepted": totals.accepted,
             "rejected": totals.rejected,

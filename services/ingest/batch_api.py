@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
@@ -26,10 +27,17 @@ from services.ingest import batch_state
 from services.ingest.access import Action, Caller, Verdict, can_see, decide
 from services.ingest.auth import Callers
 from services.ingest.batch_book import BatchBook
-from services.ingest.batch_request import Invalid, batch_request, form_expires_after
+from services.ingest.batch_request import (
+    BatchRequest,
+    Invalid,
+    batch_request,
+    form_expires_after,
+)
 from services.ingest.jobs import JobBook
 from services.ingest.listing import cursor_page
 from services.ingest.owned_files import OwnedFile, OwnedFiles
+from services.ingest.tenant_limits import Refusal
+from services.ingest.tenant_usage import TenantUsage
 from services.ingest.upload import Publishing, Upload
 from services.ingest.validation import RequestContext
 from services.lanes import Lane
@@ -75,9 +83,12 @@ def _guard(caller: Caller, owner: str | None, action: Action, missing: Response)
 class BatchApi:
     """Routes exist from the start; they answer 503 until `attach()` gave them Kafka."""
 
-    def __init__(self, files: OwnedFiles, retry_after_s: float, callers: Callers) -> None:
+    def __init__(
+        self, files: OwnedFiles, retry_after_s: float, callers: Callers, usage: TenantUsage
+    ) -> None:
         self.files = files
         self.callers = callers
+        self.usage = usage
         self.retry_after_s = retry_after_s
         self._attached: tuple[Publishing, BatchBook, JobBook] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -146,14 +157,23 @@ class BatchApi:
             expiry = form_expires_after(form)
             if isinstance(expiry, Invalid):
                 return openai_error(400, expiry.message, expiry.param)
-            saved = await asyncio.to_thread(
-                self.files.save_upload,
-                upload.file,
-                upload.filename or "upload.jsonl",
-                purpose,
-                self.callers.of(request).tenant,
-                expiry,
-            )
+            tenant = self.callers.of(request).tenant
+            # The form has the whole part by now: its size is known before a byte is stored.
+            size = await asyncio.to_thread(_size_of, upload.file)
+            refusal = await self.usage.reserve_file(tenant, size)
+            if refusal is not None:
+                return _refused(refusal)
+            try:
+                saved = await asyncio.to_thread(
+                    self.files.save_upload,
+                    upload.file,
+                    upload.filename or "upload.jsonl",
+                    purpose,
+                    tenant,
+                    expiry,
+                )
+            finally:
+                await self.usage.release_file(tenant, size)
         return JSONResponse(saved.to_json())
 
     async def list_files(self, request: Request) -> Response:
@@ -217,32 +237,59 @@ class BatchApi:
         caller = self.callers.of(request)
         found = self.files.get(asked.input_file_id)
         no_file = openai_error(400, "input_file_id names no file", "input_file_id")
-        refusal = _guard(caller, found.owner if found else None, Action.CHANGE, no_file)
-        if refusal is not None or found is None:
-            return refusal or no_file
+        forbidden = _guard(caller, found.owner if found else None, Action.CHANGE, no_file)
+        if forbidden is not None or found is None:
+            return forbidden or no_file
         file = found.file
+        path = self.files.content_path(file)
+        try:
+            lines = await asyncio.to_thread(_count_lines, path)
+        except FileNotFoundError:
+            return no_file  # deleted meanwhile
+        # No await from here to the reservation: the check and the reservation are one step.
+        refusal = self.usage.reserve_requests(caller.tenant, lines)
+        if refusal is not None:
+            return _refused(refusal)
+        try:
+            batch = await self._start_batch(asked, file.id, caller.tenant)
+        except BaseException:
+            self.usage.release_requests(caller.tenant, lines)
+            raise
+        task = asyncio.create_task(self._ingest(batch, path, caller.tenant, asked.priority, lines))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return JSONResponse(batch_state.public(batch))
+
+    async def _start_batch(self, asked: BatchRequest, file_id: str, tenant: str) -> dict[str, Any]:
         batch = batch_state.new_batch(
             f"batch_{uuid.uuid4().hex}",
-            file.id,
+            file_id,
             asked.endpoint,
             asked.completion_window,
             asked.metadata,
             asked.priority.value,
             int(time.time()),
-            tenant=caller.tenant,
+            tenant=tenant,
             output_expires_after_s=asked.output_expires_after_s,
         )
         # The batch's job id is the caller's before any line of it is published.
-        await self.jobs.claim(batch["id"], caller.tenant)
+        await self.jobs.claim(batch["id"], tenant)
         await self.batches.put(batch)
-        task = asyncio.create_task(
-            self._ingest(batch, self.files.content_path(file), caller.tenant, asked.priority)
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return JSONResponse(batch_state.public(batch))
+        return batch
 
-    async def _ingest(self, batch: dict[str, Any], path: Path, tenant: str, priority: Lane) -> None:
+    async def _ingest(
+        self, batch: dict[str, Any], path: Path, tenant: str, priority: Lane, reserved: int
+    ) -> None:
+        """Validate and publish the batch's file; the room reserved for its lines is
+        given back once the job book counts them (or on any failure)."""
+        try:
+            await self._ingest_file(batch, path, tenant, priority)
+        finally:
+            self.usage.release_requests(tenant, reserved)
+
+    async def _ingest_file(
+        self, batch: dict[str, Any], path: Path, tenant: str, priority: Lane
+    ) -> None:
         """Push the whole file through validation and admission, resuming after 429s."""
         context = RequestContext(batch["id"], tenant, priority, int(time.time() * 1000))
         accepted, errors = 0, []
@@ -357,6 +404,25 @@ class PassLines:
         unsent = {n for n in self.retry if n >= refused_at}
         resume = None if self.resume is None else max(self.resume, refused_at)
         return PassLines(resume, frozenset(unsent | set(failed)))
+
+
+def _refused(refusal: Refusal) -> Response:
+    """A per-tenant limit's 429, in OpenAI's error shape."""
+    headers = None if refusal.retry_after_s is None else {"Retry-After": str(refusal.retry_after_s)}
+    return openai_error(429, refusal.message, code=refusal.code, headers=headers)
+
+
+def _size_of(source: BinaryIO) -> int:
+    """The bytes of a seekable upload, left at its start."""
+    size = source.seek(0, os.SEEK_END)
+    source.seek(0)
+    return size
+
+
+def _count_lines(path: Path) -> int:
+    """The request lines of a batch input file: its lines that are not blank."""
+    with path.open("rb") as source:
+        return sum(1 for line in source if line.strip())
 
 
 async def _read_from(path: Path, first_line: int) -> AsyncIterator[bytes]:

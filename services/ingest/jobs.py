@@ -62,6 +62,9 @@ class JobBook:
     def get(self, job_id: str) -> JobTotals | None:
         return self._jobs.get(job_id)
 
+    def all(self) -> list[JobTotals]:
+        return list(self._jobs.values())
+
     async def claim(self, job_id: str, tenant: str) -> JobTotals:
         """The job's totals; a job id nobody has used becomes `tenant`'s here and now, so
         two first uploads racing cannot both own it (the topic has it with the totals

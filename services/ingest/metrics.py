@@ -24,7 +24,31 @@ LANE_BACKLOG = Gauge(
     "Unconsumed requests per lane, as ingest sees it",
     ["lane"],
 )
+# Per tenant: the label is a tenant the token settings name, or "(other)" for every
+# other tenant (see tenant_limits.tenant_label), so the label set stays bounded.
+TENANT_QUEUED_REQUESTS = Gauge(
+    "kbatch_ingest_tenant_queued_requests",
+    "Requests accepted (or reserved) and not yet completed, failed or cancelled, per tenant",
+    ["tenant"],
+)
+TENANT_STORED_FILES = Gauge(
+    "kbatch_ingest_tenant_stored_files", "Input files stored, per tenant", ["tenant"]
+)
+TENANT_STORED_BYTES = Gauge(
+    "kbatch_ingest_tenant_stored_bytes", "Bytes of input files stored, per tenant", ["tenant"]
+)
+TENANT_REFUSALS = Counter(
+    "kbatch_ingest_tenant_refusals_total",
+    "Requests answered 429 by a per-tenant limit, by tenant and limit",
+    ["tenant", "limit"],
+)
 
 # Known, bounded label values start at zero, so rates exist before the first event.
-for _cause in ("backlog", "producer_queue", "backlog_unknown", "uploads_in_flight"):
+for _cause in (
+    "backlog",
+    "producer_queue",
+    "backlog_unknown",
+    "uploads_in_flight",
+    "tenant_queued_requests",
+):
     BACKPRESSURE_REFUSALS.labels(_cause)

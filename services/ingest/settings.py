@@ -55,6 +55,26 @@ class IngestOptions(BaseModel):
         description="JSON list of tenants in tenant_tokens whose tokens are operators': "
         "they read, list and cancel every tenant's files, batches and jobs",
     )
+    max_queued_requests_per_tenant: int = Field(
+        0,
+        ge=0,
+        description="unfinished requests (accepted, not yet completed, failed or cancelled) "
+        "a tenant may have across its batches and jobs before 429; a batch counts its whole "
+        "input file when it is created; 0: no limit (lane_backlog_limit still bounds "
+        "everyone's together)",
+    )
+    max_files_per_tenant: int = Field(
+        10_000,
+        ge=0,
+        description="input files (purpose batch, unexpired) a tenant may store before an "
+        "upload is refused with 429; admins too; 0: no limit",
+    )
+    max_file_bytes_per_tenant: int = Field(
+        100 * 1024**3,
+        ge=0,
+        description="bytes of input files a tenant may store before an upload is refused "
+        "with 429 (100 GiB); admins too; 0: no limit",
+    )
     file_dir: str = Field(
         ".kbatch/files",
         description="file store: Batch API inputs and outputs (shared with the collector)",

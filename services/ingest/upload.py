@@ -14,12 +14,17 @@ from services.ingest.backpressure import Admission, admit
 from services.ingest.ledger import JobLedger
 from services.ingest.lines import LineSplitter, RawLine
 from services.ingest.settings import IngestOptions
+from services.ingest.tenant_limits import Refusal
 from services.ingest.validation import Limits, Rejection, RequestContext, parse_line
 from services.kafka.lag import BacklogMonitor
 from services.kafka.producer import AsyncProducer, DeliveryBatch
 from services.lanes import LaneLayout
 
 _MAX_UNCONFIRMED_CHUNKS = 8
+
+# How many of n requests the tenant may queue now (reserved), and the refusal of the rest.
+Room = Callable[[int], tuple[int, Refusal | None]]
+_Pending = tuple[int, str, bytes, bytes]  # line number, custom_id, record key, record
 
 
 @dataclass
@@ -33,6 +38,11 @@ class _Chunk:
     @property
     def custom_ids(self) -> list[str]:
         return [custom_id for _, custom_id in self.lines.values()]
+
+
+def _chunk_of(pending: list[_Pending]) -> _Chunk:
+    lines = {key: (number, custom_id) for number, custom_id, key, _ in pending}
+    return _Chunk(pending[0][0], pending[-1][0], lines)
 
 
 @dataclass
@@ -96,14 +106,17 @@ class Upload:
         context: RequestContext,
         first_line: int,
         wanted: Callable[[int], bool] = lambda _: True,
+        room: Room | None = None,
     ) -> None:
         self._p = publishing
         self._context = context
         self._first_line = first_line
         self._wanted = wanted  # lines not wanted are skipped: a retry pass sends only some
+        self._room = room  # the tenant's room for queued requests; None: not limited here
+        self.reserved = 0  # requests `room` reserved: the caller gives them back
         self._splitter = LineSplitter(publishing.options.max_line_bytes, first_line)
         self._codec = codec(REQUEST)
-        self._pending: list[tuple[int, str, bytes, bytes]] = []
+        self._pending: list[_Pending] = []
         self._chunks: list[_Chunk] = []
         self.outcome = UploadOutcome(context.job_id, context.priority.value)
 
@@ -160,8 +173,6 @@ class Upload:
             return
         pending, self._pending = self._pending, []
         lane = self._context.priority
-        lines = {key: (number, custom_id) for number, custom_id, key, _ in pending}
-        chunk = _Chunk(pending[0][0], pending[-1][0], lines)
         backlog = self._p.backlog.backlog(lane)
         admission = (
             Admission(False, "backlog_unknown", "the requests backlog cannot be measured")
@@ -174,8 +185,12 @@ class Upload:
             )
         )
         if not admission.admitted:
-            self._refuse(admission, chunk)
+            self._refuse(admission, _chunk_of(pending))
             return
+        pending = self._within_tenant_room(pending)
+        if not pending:
+            return
+        chunk = _chunk_of(pending)
         chunk.batch = DeliveryBatch(asyncio.get_running_loop())
         chunk.started = time.perf_counter()
         for _, _, key, value in pending:
@@ -185,6 +200,18 @@ class Upload:
         self._chunks.append(chunk)
         # Pipelined, but bounded: an upload never holds more than a few chunks unconfirmed.
         await self._confirm(keep_outstanding=_MAX_UNCONFIRMED_CHUNKS)
+
+    def _within_tenant_room(self, pending: list[_Pending]) -> list[_Pending]:
+        """The head of `pending` the tenant has room to queue (reserved); the upload is
+        refused from the first line past it."""
+        if self._room is None:
+            return pending
+        fitting, refusal = self._room(len(pending))
+        self.reserved += fitting
+        if refusal is not None:
+            admission = Admission(False, "tenant_queued_requests", refusal.message)
+            self._refuse(admission, _chunk_of(pending[fitting:]))
+        return pending[:fitting]
 
     def _refuse(self, admission: Admission, chunk: _Chunk) -> None:
         """Nothing from this chunk on is published; rejections past it are withdrawn."""
