@@ -15,6 +15,7 @@ import io
 import json
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,20 @@ def start_tenant_ingest(
         admin_tenants='["ops"]',
         **options,
     )
+
+
+@contextmanager
+def tenant_ingest_with_worker(bootstrap: str, tmp_path: Path, worker_name: str) -> Iterator[Ingest]:
+    """A tenant ingest and one simulated worker on all its partitions; both must exit
+    cleanly, and no token may appear in ingest's log."""
+    service = start_tenant_ingest(bootstrap, tmp_path, file_dir=str(tmp_path / "files"))
+    total = service.topics.lane_layout().total
+    worker, _ = start_worker(bootstrap, service.topics, tmp_path, worker_name, f"0-{total - 1}")
+    yield service
+    assert worker.terminate() == 0, worker.log()
+    assert service.process.terminate() == 0, service.process.log()
+    for secret in TOKENS.values():
+        assert secret not in service.process.log()
 
 
 class Api:

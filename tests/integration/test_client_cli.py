@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from services.harness.pipeline import start_worker
 from services.harness.ports import free_port
 from services.harness.processes import KBATCH
-from tests.hostile.test_tenants import TOKENS, start_tenant_ingest
+from tests.hostile.test_tenants import TOKENS, tenant_ingest_with_worker
 from tests.integration.test_ingest import Ingest, chat_line
 
 pytestmark = pytest.mark.integration
@@ -52,14 +51,8 @@ def kbatch(url: str, key: str | None, *args: str) -> Run:
 @pytest.fixture(scope="module")
 def ingest(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ingest]:
     tmp_path = tmp_path_factory.mktemp("client-cli")
-    service = start_tenant_ingest(bootstrap, tmp_path, file_dir=str(tmp_path / "files"))
-    total = service.topics.lane_layout().total
-    worker, _ = start_worker(bootstrap, service.topics, tmp_path, "w-cli", f"0-{total - 1}")
-    yield service
-    assert worker.terminate() == 0, worker.log()
-    assert service.process.terminate() == 0, service.process.log()
-    for secret in TOKENS.values():
-        assert secret not in service.process.log()
+    with tenant_ingest_with_worker(bootstrap, tmp_path, "w-cli") as service:
+        yield service
 
 
 @pytest.fixture

@@ -17,8 +17,7 @@ from openai.types import Batch, FileDeleted, FileObject
 from pydantic import BaseModel, ConfigDict
 
 from services.harness.kafka import wait_for
-from services.harness.pipeline import start_worker
-from tests.hostile.test_tenants import ACME, TOKENS, start_tenant_ingest
+from tests.hostile.test_tenants import ACME, TOKENS, tenant_ingest_with_worker
 from tests.integration.test_ingest import Ingest, chat_line
 
 pytestmark = pytest.mark.integration
@@ -101,12 +100,8 @@ def refused(reply: httpx.Response, status: int, param: str | None = None) -> Err
 @pytest.fixture(scope="module")
 def ingest(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ingest]:
     tmp_path = tmp_path_factory.mktemp("parity")
-    service = start_tenant_ingest(bootstrap, tmp_path, file_dir=str(tmp_path / "files"))
-    total = service.topics.lane_layout().total
-    worker, _ = start_worker(bootstrap, service.topics, tmp_path, "w-parity", f"0-{total - 1}")
-    yield service
-    assert worker.terminate() == 0, worker.log()
-    assert service.process.terminate() == 0, service.process.log()
+    with tenant_ingest_with_worker(bootstrap, tmp_path, "w-parity") as service:
+        yield service
 
 
 @pytest.fixture
