@@ -240,3 +240,27 @@ def test_collector_killed_mid_job_resumes_without_duplicates(stack: Stack, tmp_p
     output = jsonl(stack.client, done.output_file_id)
     custom_ids = [line["custom_id"] for line in output]
     assert len(custom_ids) == 1500 and len(set(custom_ids)) == 1500
+
+
+def test_a_file_past_openais_50000_request_limit(stack: Stack, tmp_path: Path) -> None:
+    """OpenAI refuses input files of more than 50,000 requests; kbatch's backlog is Kafka and
+    its limit a setting (KBATCH_INGEST__MAX_LINES_PER_JOB, 500,000): 60,000 lines through
+    the official client are all accepted, and every one ends in the output or error file.
+    The batch is cancelled once all are published, so the test does not wait on inference."""
+    n = 60_000
+    batch = create_batch(stack.client, tmp_path, [batch_line(f"big{i}") for i in range(n)])
+
+    def all_published() -> Any:
+        counts = stack.client.batches.retrieve(batch.id).request_counts
+        return counts is not None and counts.total == n
+
+    wait_for(all_published, 120, "all 60,000 lines published", interval_s=0.5)
+    stack.client.batches.cancel(batch.id)
+    done = wait_status(stack.client, batch.id, {"cancelled"}, timeout_s=180)
+    counts = done.request_counts
+    assert counts is not None and counts.total == n
+    assert counts.completed + counts.failed == n
+    lines = jsonl(stack.client, done.error_file_id)
+    if done.output_file_id is not None:
+        lines += jsonl(stack.client, done.output_file_id)
+    assert sorted(line["custom_id"] for line in lines) == sorted(f"big{i}" for i in range(n))
