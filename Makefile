@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 VLLM_VENV  := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: test test-vllm prometheus-installed kcat-installed jdk-installed lint demo kafka-up kafka-down bench-ingest bench-pipeline bench-failover bench-chaos bench-scale bench-engines clean
+.PHONY: test test-vllm test-deploy prometheus-installed kcat-installed jdk-installed lint demo kafka-up kafka-down bench-ingest bench-pipeline bench-failover bench-chaos bench-scale bench-engines clean
 
 # The dev extra brings llama-cpp-python, built from source once per machine (a few
 # minutes on 2 cores); pip keeps the built wheel in its cache for every later install.
@@ -64,6 +64,12 @@ test: lint prometheus-installed kcat-installed jdk-installed
 # ~5 min to install the first time); no GPU needed.
 test-vllm: $(VLLM_STAMP)
 	$(VLLM_VENV)/bin/pytest tests/vllm_check
+
+# Opt-in, not part of `make test`: deploy/compose.yaml with compose.cpu.yaml run on a real
+# Docker engine (the one that answers, else a dockerd started as root and stopped after).
+# Local stand-ins replace the upstream base images: see deploy/local/test-deploy.sh.
+test-deploy: $(STAMP)
+	deploy/local/test-deploy.sh
 
 # ENGINE=simulated|llamacpp|vllm|openai chooses; default: vllm with a GPU, else llamacpp.
 demo: $(STAMP)

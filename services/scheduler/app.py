@@ -14,12 +14,14 @@ from typing import Any
 
 import faust
 from confluent_kafka import Consumer, KafkaException
+from confluent_kafka.admin import AdminClient
 
 from services.codec import HEARTBEAT, JOB, codec
 from services.errors import DecodeError, KbatchError
 from services.kafka.consumers import ConsumerRole, make_consumer
 from services.kafka.lag import end_offsets, partition_backlog
 from services.kafka.producer import AsyncProducer
+from services.kafka.topics import TopicSpec, ensure_topics
 from services.lifecycle import exit_now, wait_event
 from services.logs import get_logger
 from services.scheduler import metrics
@@ -37,6 +39,10 @@ EXIT_STALLED = 3
 
 def broker_urls(bootstrap_servers: str) -> str:
     return ";".join(f"kafka://{host.strip()}" for host in bootstrap_servers.split(","))
+
+
+# One scheduler reads each table whole: one partition each, and so for their changelogs.
+TABLE_PARTITIONS = 1
 
 
 def now_ms() -> int:
@@ -66,11 +72,12 @@ class SchedulerService:
             broker_session_timeout=self.options.session_timeout_s,
             broker_heartbeat_interval=max(1.0, self.options.session_timeout_s / 3),
         )
-        self.workers = self.app.Table("workers", partitions=1)
+        self.workers = self.app.Table("workers", partitions=TABLE_PARTITIONS)
         self.progress = JobProgress(
             settings, self.options.job_retention_s, self.options.progress_checkpoint_s
         )
-        self.job_tables = JobTables(self.app.Table("jobs", partitions=1), self.progress)
+        jobs = self.app.Table("jobs", partitions=TABLE_PARTITIONS)
+        self.job_tables = JobTables(jobs, self.progress)
         self.producer = AsyncProducer(settings.kafka_config(**{"linger.ms": 0}))
         self.core = SchedulerCore(
             topics.lane_layout(),
@@ -81,6 +88,24 @@ class SchedulerService:
         self._backlog_consumer: Consumer | None = None
         self._heartbeat_position = -1  # of the last heartbeat taken (stall watchdog)
         self._wire()
+
+    def create_changelogs(self) -> None:
+        """Create the tables' changelog topics, and wait for their leaders, before faust
+        starts. Left to faust on a fresh broker, its agents could start before the new
+        topics showed in their metadata: the heartbeats agent died of PartitionsMismatch
+        ("...-workers-changelog has 0 partitions") while the process stayed up, and no
+        worker was ever assigned (3 of 4 first runs of deploy/compose.yaml)."""
+        specs = [
+            TopicSpec(
+                table.changelog_topic.get_topic_name(),
+                TABLE_PARTITIONS,
+                "scheduler table changelog (compacted)",
+                {"cleanup.policy": "compact"},
+            )
+            for table in (self.workers, self.job_tables.records)
+        ]
+        admin = AdminClient(self.settings.kafka_config())
+        ensure_topics(admin, specs, self.settings.topics.replication_factor)
 
     def _wire(self) -> None:
         topics = self.settings.topics

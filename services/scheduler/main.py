@@ -17,7 +17,9 @@ def run(settings: SchedulerSettings | None = None) -> None:
     settings = settings or SchedulerSettings()
     configure_logging(settings.log_level, settings.log_format)
     build_info.record("scheduler")
-    app = SchedulerService(settings).app
+    service = SchedulerService(settings)
+    service.create_changelogs()
+    app = service.app
     # faust's Worker owns the event loop and stops the app on SIGTERM/SIGINT.
     worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True)
     try:
