@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from typing import Any
 
 from services.codec import ASSIGNMENT, codec
@@ -45,9 +45,12 @@ class AssignmentBook:
         self.published = {w: ps for w, (_, ps) in latest.items()}
         self.generation = max((g for g, _ in latest.values()), default=0)
 
-    async def publish(self, lists: Mapping[str, frozenset[int]]) -> int:
-        """Publish the lists that changed under one new generation; returns how many."""
-        changed = {w: ps for w, ps in lists.items() if self.published.get(w) != ps}
+    async def publish(
+        self, lists: Mapping[str, frozenset[int]], resend: Set[str] = frozenset()
+    ) -> int:
+        """Publish the lists that changed, and those of `resend` as they are, under one new
+        generation; returns how many."""
+        changed = {w: ps for w, ps in lists.items() if self.published.get(w) != ps or w in resend}
         if not changed:
             return 0
         generation = self.generation + 1

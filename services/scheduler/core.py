@@ -10,7 +10,13 @@ from dataclasses import dataclass, field
 from services.lanes import Lane, LaneLayout
 from services.logs import get_logger
 from services.scheduler import metrics
-from services.scheduler.assignment import Assignment, PartitionView, assign, publishable
+from services.scheduler.assignment import (
+    Assignment,
+    PartitionView,
+    assign,
+    publishable,
+    to_resend,
+)
 from services.scheduler.book import AssignmentBook
 from services.scheduler.fleet import WorkerState, live, reported_owned
 
@@ -29,6 +35,10 @@ class PassReport:
     backlog: Mapping[int, int] = field(default_factory=dict)
 
 
+# Longer than a worker needs to take a partition (init_transactions, committed offsets).
+RESEND_AFTER_MS = 15_000
+
+
 class SchedulerCore:
     """Runs assignment passes; the faust app feeds it worker states."""
 
@@ -45,6 +55,7 @@ class SchedulerCore:
         self.timeout_ms = int(heartbeat_timeout_s * 1000)
         self.decided: dict[str, frozenset[int]] = {}
         self.orphaned: dict[int, int] = {}  # partition -> last heartbeat of its lost owner
+        self.missing_since: dict[tuple[str, int], int] = {}  # published, not reported owned
         self.wake = asyncio.Event()
         self.last = PassReport()
 
@@ -67,7 +78,10 @@ class SchedulerCore:
         for worker_id, partitions_held in self.book.published.items():
             if worker_id not in lists and partitions_held:
                 lists[worker_id] = frozenset()  # gone or ineligible: it holds nothing now
-        await self.book.publish(lists)
+        resend, self.missing_since = to_resend(
+            self.book.published, reported_owned(alive), self.missing_since, now_ms, RESEND_AFTER_MS
+        )
+        await self.book.publish(lists, resend)
         metrics.MOVES.inc(len(decision.moved))
         self._export(alive, decision, backlog)
         self.last = PassReport(now_ms, decision, dict(self.book.published), dict(backlog))

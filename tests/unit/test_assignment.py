@@ -13,6 +13,7 @@ from services.scheduler.assignment import (
     WorkerView,
     assign,
     publishable,
+    to_resend,
 )
 
 LAYOUT = LaneLayout(high=3, normal=4, low=3)
@@ -191,3 +192,17 @@ def test_drained_partitions_never_trade_places() -> None:
     all_drained = partitions_of([0] * LAYOUT.total)
     after = assign(fleet, all_drained, first.by_worker)
     assert after.by_worker == first.by_worker and after.moved == frozenset()
+
+
+def test_a_published_partition_left_untaken_is_sent_again_after_the_wait() -> None:
+    published = {"w1": frozenset({1, 2}), "w2": frozenset({3})}
+    reported = {"w1": frozenset({1}), "w2": frozenset({3})}  # w1 dropped 2 (a fence)
+    resend, clock = to_resend(published, reported, {}, now_ms=0, after_ms=1000)
+    assert resend == set() and clock == {("w1", 2): 0}
+    resend, clock = to_resend(published, reported, clock, now_ms=999, after_ms=1000)
+    assert resend == set() and clock == {("w1", 2): 0}
+    resend, clock = to_resend(published, reported, clock, now_ms=1000, after_ms=1000)
+    assert resend == {"w1"} and clock == {("w1", 2): 1000}  # reminded again 1000 ms on
+    taken = {"w1": frozenset({1, 2}), "w2": frozenset({3})}
+    resend, clock = to_resend(published, taken, clock, now_ms=5000, after_ms=1000)
+    assert resend == set() and clock == {}
