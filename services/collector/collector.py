@@ -5,7 +5,9 @@ outcome to `jobs/<job>/output.jsonl` or `jobs/<job>/errors.jsonl`. After each ba
 of appends it fsyncs the files and then writes a checkpoint (atomically): the
 next offset of every partition, and each file's size and line count. A restarted
 collector truncates every file back to its checkpointed size and resumes from the
-checkpointed offsets, so no line is lost and none is written twice.
+checkpointed offsets, so no line is lost and none is written twice. Each job's token
+usage and model are summed in the same checkpoint, so they always describe exactly
+the lines in its files.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ class Checkpoint:
     offsets: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> next offset
     sizes: dict[str, int] = field(default_factory=dict)  # "jobs/<job>/<file>" -> bytes
     lines: dict[str, int] = field(default_factory=dict)  # same keys -> lines
+    tokens: dict[str, list[int]] = field(default_factory=dict)  # job -> [input, output]
+    models: dict[str, str] = field(default_factory=dict)  # job -> its first result's model
 
     @classmethod
     def load(cls, path: Path) -> Checkpoint:
@@ -48,10 +52,41 @@ class Checkpoint:
     def save(self, path: Path) -> None:
         temporary = path.with_suffix(".tmp")
         with temporary.open("w") as out:
-            json.dump({"offsets": self.offsets, "sizes": self.sizes, "lines": self.lines}, out)
+            json.dump(
+                {
+                    "offsets": self.offsets,
+                    "sizes": self.sizes,
+                    "lines": self.lines,
+                    "tokens": self.tokens,
+                    "models": self.models,
+                },
+                out,
+            )
             out.flush()
             os.fsync(out.fileno())
         temporary.replace(path)
+
+
+@dataclass(frozen=True)
+class Collected:
+    """What a job's files hold so far."""
+
+    output_lines: int = 0
+    error_lines: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class _Line:
+    """One outcome's line and what it adds to its job's usage."""
+
+    file: str
+    text: bytes
+    job_id: str
+    tokens: tuple[int, int] = (0, 0)
+    model: str | None = None
 
 
 def job_file(job_id: str, name: str) -> str:
@@ -82,11 +117,26 @@ class Collector:
         )
 
     # -- what the Batch API reads ---------------------------------------------------
-    def collected(self, job_id: str) -> tuple[int, int]:
-        """Lines written so far for a job: (output, errors)."""
+    def collected(self, job_id: str) -> Collected:
+        """Lines written so far for a job, and the usage of the results behind them."""
         with self._lock:
             lines = self.checkpoint.lines
-            return lines.get(job_file(job_id, OUTPUT), 0), lines.get(job_file(job_id, ERRORS), 0)
+            input_tokens, output_tokens = self.checkpoint.tokens.get(job_id, (0, 0))
+            return Collected(
+                lines.get(job_file(job_id, OUTPUT), 0),
+                lines.get(job_file(job_id, ERRORS), 0),
+                input_tokens,
+                output_tokens,
+                self.checkpoint.models.get(job_id),
+            )
+
+    def settled_files(self, job_id: str) -> list[tuple[Path, int]]:
+        """A job's output and error files, each with the bytes its checkpoint covers
+        (whole, fsynced lines), for those that have any."""
+        with self._lock:
+            sizes = self.checkpoint.sizes
+            keys = (job_file(job_id, OUTPUT), job_file(job_id, ERRORS))
+            return [(self.root / key, sizes[key]) for key in keys if sizes.get(key)]
 
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
@@ -140,10 +190,19 @@ class Collector:
     def _write(self, messages: list[Message]) -> None:
         appends: dict[str, list[bytes]] = defaultdict(list)
         offsets: dict[str, int] = {}
+        tokens: dict[str, list[int]] = {}
+        models: dict[str, str] = {}
         for message in messages:
-            key, line = self._line_for(message)
-            appends[key].append(line)
+            line = self._line_for(message)
+            appends[line.file].append(line.text)
             offsets[f"{message.topic()}:{message.partition()}"] = (message.offset() or 0) + 1
+            summed = tokens.setdefault(
+                line.job_id, list(self.checkpoint.tokens.get(line.job_id, (0, 0)))
+            )
+            summed[0] += line.tokens[0]
+            summed[1] += line.tokens[1]
+            if line.model is not None and line.job_id not in self.checkpoint.models:
+                models.setdefault(line.job_id, line.model)
         sizes, lines = {}, {}
         for key, new_lines in appends.items():
             path = self.root / key
@@ -158,9 +217,11 @@ class Collector:
             self.checkpoint.offsets.update(offsets)
             self.checkpoint.sizes.update(sizes)
             self.checkpoint.lines.update(lines)
+            self.checkpoint.tokens.update(tokens)
+            self.checkpoint.models.update(models)
             self.checkpoint.save(self._checkpoint_path)
 
-    def _line_for(self, message: Message) -> tuple[str, bytes]:
+    def _line_for(self, message: Message) -> _Line:
         value = message.value()
         if message.topic() == self._topics[0]:
             try:
@@ -169,11 +230,17 @@ class Collector:
                 # Only workers write here, through the same codec: this is a bug, not data.
                 raise RuntimeError(f"undecodable result at {message.offset()}: {exc}") from exc
             is_error, line = result_line(result)
-            name = ERRORS if is_error else OUTPUT
-            return job_file(result["job_id"], name), _jsonl(line)
+            job_id, usage = result["job_id"], result["usage"]
+            return _Line(
+                job_file(job_id, ERRORS if is_error else OUTPUT),
+                _jsonl(line),
+                job_id,
+                (usage["prompt_tokens"], usage["completion_tokens"]),
+                result["model"],
+            )
         dead = codec(DEAD_LETTER).decode(value)
         job_id = dead["job_id"] or "(unknown)"
-        return job_file(job_id, ERRORS), _jsonl(dead_letter_line(dead))
+        return _Line(job_file(job_id, ERRORS), _jsonl(dead_letter_line(dead)), job_id)
 
 
 def _jsonl(line: dict[str, Any]) -> bytes:

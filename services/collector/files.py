@@ -89,8 +89,9 @@ class FileStore:
         if file is None:
             return False
         self._meta_path(file_id).unlink()
-        if file.path.startswith("files/"):
-            (self.root / file.path).unlink(missing_ok=True)
+        # A batch's output file is the collector's job file: its lines go with it (the
+        # batch has ended, so every line of the job is in it already).
+        (self.root / file.path).unlink(missing_ok=True)
         return True
 
     def _register(self, file: FileObject) -> FileObject:

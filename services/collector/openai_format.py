@@ -35,6 +35,8 @@ def response_body(result: dict[str, Any]) -> dict[str, Any]:
             },
             **common,
         }
+    if result["endpoint"] == "/v1/responses":
+        return _response_object(result, output.get("text"), output.get("finish_reason"), common)
     if result["endpoint"] == "/v1/completions":
         choice: dict[str, Any] = {
             "index": 0,
@@ -56,6 +58,43 @@ def response_body(result: dict[str, Any]) -> dict[str, Any]:
         "choices": [{"index": 0, "message": message, "finish_reason": output.get("finish_reason")}],
         "usage": _usage(result),
         **common,
+    }
+
+
+def _response_object(
+    result: dict[str, Any], text: str | None, finish_reason: str | None, common: dict[str, Any]
+) -> dict[str, Any]:
+    """A Responses API `response` object: one assistant message of output text."""
+    usage = _usage(result)
+    cut_short = finish_reason == "length"
+    message = {
+        "type": "message",
+        "id": f"msg_{result['request_id']}",
+        "status": "incomplete" if cut_short else "completed",
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": text or "", "annotations": []}],
+    }
+    body = {k: v for k, v in common.items() if k != "created"}
+    return {
+        "id": f"resp_{result['request_id']}",
+        "object": "response",
+        "created_at": common["created"],
+        "status": "incomplete" if cut_short else "completed",
+        "incomplete_details": {"reason": "max_output_tokens"} if cut_short else None,
+        "error": None,
+        "output": [message],
+        "parallel_tool_calls": False,
+        "tool_choice": "none",
+        "tools": [],
+        "usage": {
+            "input_tokens": usage["prompt_tokens"],
+            # kbatch's engines keep no prompt cache that they report.
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+            "output_tokens": usage["completion_tokens"],
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": usage["total_tokens"],
+        },
+        **body,
     }
 
 

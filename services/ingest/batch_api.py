@@ -291,7 +291,8 @@ class BatchApi:
         self, batch: dict[str, Any], path: Path, tenant: str, priority: Lane
     ) -> None:
         """Push the whole file through validation and admission, resuming after 429s."""
-        context = RequestContext(batch["id"], tenant, priority, int(time.time() * 1000))
+        now_ms = int(time.time() * 1000)
+        context = RequestContext(batch["id"], tenant, priority, now_ms, endpoint=batch["endpoint"])
         accepted, errors = 0, []
         todo = PassLines(resume=1, retry=frozenset())
         failures: Counter[int] = Counter()  # unacknowledged deliveries per line
@@ -338,7 +339,7 @@ class BatchApi:
         )
         log.info("batch ingested", batch_id=batch["id"], accepted=accepted, rejected=len(errors))
 
-    def _batch(self, request: Request, action: Action) -> dict[str, Any] | Response:
+    def batch_for(self, request: Request, action: Action) -> dict[str, Any] | Response:
         """The path's batch, if the caller may do `action` to it; else the refusal."""
         batch = self.batches.get(request.path_params["batch_id"])
         owner = batch_state.owner(batch, self.callers.default_tenant) if batch else None
@@ -347,7 +348,7 @@ class BatchApi:
         return batch if refusal is None and batch is not None else refusal or missing
 
     async def get_batch(self, request: Request) -> Response:
-        found = self._batch(request, Action.READ)
+        found = self.batch_for(request, Action.READ)
         return found if isinstance(found, Response) else JSONResponse(batch_state.public(found))
 
     async def list_batches(self, request: Request) -> Response:
@@ -364,7 +365,7 @@ class BatchApi:
         return JSONResponse(cursor_page(public, request.query_params.get("after"), limit))
 
     async def cancel_batch(self, request: Request) -> Response:
-        batch = self._batch(request, Action.CANCEL)
+        batch = self.batch_for(request, Action.CANCEL)
         if isinstance(batch, Response):
             return batch
         if batch["status"] in batch_state.TERMINAL:

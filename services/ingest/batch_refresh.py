@@ -112,10 +112,18 @@ class BatchRefresher:
         await self.batches.update(batch_id, lambda current: updated if current is batch else None)
 
     async def _progress(self, batch_id: str) -> batch_state.Progress:
-        output_lines, error_lines = self.collector.collected(batch_id)
+        files = self.collector.collected(batch_id)
         live = await self._scheduler_counts(batch_id)
-        completed, failed = live if live is not None else (output_lines, error_lines)
-        return batch_state.Progress(completed, failed, output_lines, error_lines)
+        completed, failed = live if live is not None else (files.output_lines, files.error_lines)
+        return batch_state.Progress(
+            completed,
+            failed,
+            files.output_lines,
+            files.error_lines,
+            files.input_tokens,
+            files.output_tokens,
+            files.model,
+        )
 
     async def _scheduler_counts(self, batch_id: str) -> tuple[int, int] | None:
         if self.scheduler is None:

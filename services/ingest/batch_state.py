@@ -39,6 +39,10 @@ class Progress:
     failed: int
     output_lines: int  # lines the collector has written to the job's output file
     error_lines: int  # ... and to its error file
+    # Summed from the results behind those lines, so at the end they match the files.
+    input_tokens: int = 0
+    output_tokens: int = 0
+    model: str | None = None  # the served model named by the job's first result
 
     @property
     def collected(self) -> int:
@@ -78,9 +82,23 @@ def new_batch(
         "cancelled_at": None,
         "request_counts": {"total": 0, "completed": 0, "failed": 0},
         "metadata": metadata,
+        "model": None,
+        "usage": usage(0, 0),
         "priority": priority,
         "tenant": tenant,
         "output_expires_after_s": output_expires_after_s,
+    }
+
+
+def usage(input_tokens: int, output_tokens: int) -> dict[str, Any]:
+    """OpenAI's batch usage. kbatch's engines report no cached or reasoning tokens, so
+    those details are 0 (as OpenAI's are for a model without them)."""
+    return {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": input_tokens + output_tokens,
     }
 
 
@@ -149,20 +167,26 @@ def step(batch: dict[str, Any], progress: Progress, now_s: int) -> dict[str, Any
     cancelled/expired when stopping), with the collector's line counts as its final
     counts and the files that hold lines as its output and error files; one past its
     window otherwise starts stopping as expired (the caller cancels its job); one whose
-    every request has an outcome, but not every line yet, is finalizing."""
+    every request has an outcome, but not every line yet, is finalizing. Usage and model
+    follow the collected lines throughout."""
     if not moving(batch):
         return None
     total = batch["request_counts"]["total"]
     status = batch["status"]
+    seen = {
+        **batch,
+        "usage": usage(progress.input_tokens, progress.output_tokens),
+        "model": progress.model or batch.get("model"),
+    }
     if progress.collected >= total:
         if status == "cancelling":
             status = "expired" if batch.get("expired_by_window") else "cancelled"
         else:
             status = "completed"
-        updated = _ended(batch, progress, status, now_s)
+        updated = _ended(seen, progress, status, now_s)
     else:
         counts = {"total": total, "completed": progress.completed, "failed": progress.failed}
-        updated = {**batch, "request_counts": counts}
+        updated = {**seen, "request_counts": counts}
         if expired_now(batch, now_s):
             updated = {**cancel_requested(updated, now_s), "expired_by_window": True}
         elif status == "in_progress" and progress.completed + progress.failed >= total:

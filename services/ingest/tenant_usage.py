@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import Gauge
 
+from services.collector.collector import Collected
 from services.ingest import batch_state, metrics
 from services.ingest.batch_book import BatchBook
 from services.ingest.jobs import JobBook, JobTotals
@@ -45,7 +46,7 @@ log = get_logger("ingest.tenants")
 # Stored files are counted on every upload and this often for the metrics.
 FILES_SCAN_S = 60.0
 
-Collected = Callable[[str], tuple[int, int]]  # job id -> (output lines, error lines)
+CollectedOf = Callable[[str], Collected]  # job id -> what its files hold
 
 
 class TenantUsage:
@@ -56,7 +57,7 @@ class TenantUsage:
         self.retry_after_s = options.retry_after_s
         self.named = frozenset(options.tenant_tokens)
         self.files = files
-        self._books: tuple[JobBook, BatchBook, Collected] | None = None
+        self._books: tuple[JobBook, BatchBook, CollectedOf] | None = None
         self._reserved: Counter[str] = Counter()  # queued requests not in the books yet
         self._settled: dict[str, int] = {}  # job id -> accepted count when all had outcomes
         self._reserved_files: Counter[str] = Counter()
@@ -68,7 +69,7 @@ class TenantUsage:
             for limit in Limit:
                 metrics.TENANT_REFUSALS.labels(label, limit.value)
 
-    def attach(self, jobs: JobBook, batches: BatchBook, collected: Collected) -> None:
+    def attach(self, jobs: JobBook, batches: BatchBook, collected: CollectedOf) -> None:
         self._books = (jobs, batches, collected)
 
     # -- queued requests --------------------------------------------------------------
@@ -94,7 +95,8 @@ class TenantUsage:
         batch = batches.get(job.job_id)
         if batch is not None and batch_state.validating(batch):
             return 0  # its reservation counts it, in whole
-        done = sum(collected(job.job_id))
+        files = collected(job.job_id)
+        done = files.output_lines + files.error_lines
         ended = job.cancel_reason is not None
         if batch is not None:
             counts = batch["request_counts"]

@@ -7,6 +7,7 @@ caller never believes a parameter was honoured when it was not.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -17,7 +18,10 @@ from services.lanes import Lane
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 EMBEDDINGS = "/v1/embeddings"
-ENDPOINTS = (CHAT, COMPLETIONS, EMBEDDINGS)
+# OpenAI's Responses API, text in and text out, served as a chat: its input and
+# instructions become messages; the collector answers with a Response object.
+RESPONSES = "/v1/responses"
+ENDPOINTS = (CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES)
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,7 @@ class _Strict(BaseModel):
 class BatchLine(_Strict):
     custom_id: Annotated[str, Field(min_length=1, max_length=512)]
     method: Literal["POST"]
-    url: Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+    url: Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"]
     body: dict[str, Any]
 
 
@@ -87,6 +91,47 @@ class CompletionBody(_Sampling):
     prompt: Annotated[str, Field(min_length=1)]
 
 
+class _InputText(_Strict):
+    type: Literal["input_text", "output_text"]
+    text: str
+
+
+class ResponsesMessage(_Strict):
+    type: Literal["message"] | None = None
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[_InputText]
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class ResponsesBody(_Strict):
+    """The Responses API's text subset; tools, reasoning, state (`previous_response_id`,
+    `store`) and structured output are refused as unknown parameters."""
+
+    model: Annotated[str, Field(min_length=1)]
+    input: (
+        Annotated[str, Field(min_length=1)] | Annotated[list[ResponsesMessage], Field(min_length=1)]
+    )
+    instructions: str | None = None
+    max_output_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    user: str | None = None
+
+    def messages(self) -> list[dict[str, Any]]:
+        said = (
+            [{"role": "user", "content": self.input, "name": None}]
+            if isinstance(self.input, str)
+            else [{"role": m.role, "content": m.text(), "name": None} for m in self.input]
+        )
+        if self.instructions:
+            return [{"role": "system", "content": self.instructions, "name": None}, *said]
+        return said
+
+
 class EmbeddingBody(_Strict):
     model: Annotated[str, Field(min_length=1)]
     input: str | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
@@ -105,6 +150,7 @@ _BODY_MODELS: dict[str, type[BaseModel]] = {
     CHAT: ChatBody,
     COMPLETIONS: CompletionBody,
     EMBEDDINGS: EmbeddingBody,
+    RESPONSES: ResponsesBody,
 }
 
 
@@ -138,6 +184,15 @@ def _body_fields(endpoint: str, body: BaseModel, limits: Limits) -> dict[str, An
     if isinstance(body, EmbeddingBody):
         fields["input"] = [body.input] if isinstance(body.input, str) else list(body.input)
         return fields
+    if isinstance(body, ResponsesBody):
+        _check_max_tokens(body.max_output_tokens, limits)
+        fields.update(
+            messages=body.messages(),
+            max_tokens=body.max_output_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+        )
+        return fields
     assert isinstance(body, _Sampling)
     max_tokens = body.max_tokens
     if isinstance(body, ChatBody):
@@ -147,8 +202,7 @@ def _body_fields(endpoint: str, body: BaseModel, limits: Limits) -> dict[str, An
         max_tokens = body.max_completion_tokens or max_tokens
     elif isinstance(body, CompletionBody):
         fields["prompt"] = body.prompt
-    if max_tokens is not None and max_tokens > limits.max_max_tokens:
-        raise ValueError(f"max_tokens {max_tokens} exceeds the limit {limits.max_max_tokens}")
+    _check_max_tokens(max_tokens, limits)
     stop = body.stop
     fields.update(
         max_tokens=max_tokens,
@@ -162,6 +216,21 @@ def _body_fields(endpoint: str, body: BaseModel, limits: Limits) -> dict[str, An
     return fields
 
 
+def _custom_id_in(text: str) -> str | None:
+    """The custom_id of a line refused as a whole, when it has a usable one."""
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return None
+    custom_id = parsed.get("custom_id") if isinstance(parsed, dict) else None
+    return custom_id if isinstance(custom_id, str) and 0 < len(custom_id) <= 512 else None
+
+
+def _check_max_tokens(max_tokens: int | None, limits: Limits) -> None:
+    if max_tokens is not None and max_tokens > limits.max_max_tokens:
+        raise ValueError(f"max_tokens {max_tokens} exceeds the limit {limits.max_max_tokens}")
+
+
 @dataclass(frozen=True)
 class RequestContext:
     """What ingest knows about the upload a line came in."""
@@ -171,6 +240,7 @@ class RequestContext:
     priority: Lane
     submitted_at_ms: int
     deadline_ms: int | None = None
+    endpoint: str | None = None  # a batch's: every line must name it (None: any endpoint)
 
 
 def parse_line(
@@ -184,9 +254,16 @@ def parse_line(
     try:
         line = BatchLine.model_validate_json(text)
     except ValidationError as exc:
-        code = "invalid_json" if exc.errors()[0]["type"] == "json_invalid" else "invalid_line"
-        return Rejection(number, code, _describe(exc, ""))
+        errors = exc.errors()
+        if errors[0]["type"] == "json_invalid":
+            return Rejection(number, "invalid_json", _describe(exc, ""))
+        only_url = all(error["loc"] == ("url",) for error in errors)
+        code = "unsupported_endpoint" if only_url else "invalid_line"
+        return Rejection(number, code, _describe(exc, ""), _custom_id_in(text))
     custom_id = line.custom_id
+    if context.endpoint is not None and line.url != context.endpoint:
+        reason = f"url {line.url!r} is not the batch's endpoint {context.endpoint!r}"
+        return Rejection(number, "endpoint_mismatch", reason, custom_id)
     try:
         body = _BODY_MODELS[line.url].model_validate(line.body)
     except ValidationError as exc:

@@ -18,7 +18,14 @@ from services.lanes import Lane
 
 CONTEXT = RequestContext("job-h", "tenant", Lane.NORMAL, 1)
 LIMITS = Limits(frozenset({"kbatch-sim"}), max_max_tokens=4096)
-CODES = {"invalid_json", "invalid_utf8", "invalid_line", "invalid_body", "unknown_model"}
+CODES = {
+    "invalid_json",
+    "invalid_utf8",
+    "invalid_line",
+    "unsupported_endpoint",
+    "invalid_body",
+    "unknown_model",
+}
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),

@@ -187,6 +187,10 @@ TABLE: dict[tuple[str, str], Row] = {
         lambda api, h: api.call("GET", f"/v1/batches/{api.batch()}", h),
         (200, 404, 401, 401, 200),
     ),
+    ("GET", "/v1/batches/{batch_id}/results"): Row(
+        lambda api, h: api.call("GET", f"/v1/batches/{api.batch()}/results", h),
+        (200, 404, 401, 401, 200),
+    ),
     ("POST", "/v1/batches/{batch_id}/cancel"): Row(
         lambda api, h: api.call("POST", f"/v1/batches/{api.batch()}/cancel", h),
         (200, 404, 401, 401, 200),
@@ -272,7 +276,11 @@ def test_another_tenants_ids_answer_exactly_as_missing_ones(api: Api) -> None:
         theirs = api.call(method, path.format(file_id), BETA)
         assert _answer(theirs) == _answer(api.call(method, path.format(no_file), BETA))
         assert theirs.status_code == 404
-    for method, path in (("GET", "/v1/batches/{}"), ("POST", "/v1/batches/{}/cancel")):
+    for method, path in (
+        ("GET", "/v1/batches/{}"),
+        ("GET", "/v1/batches/{}/results"),
+        ("POST", "/v1/batches/{}/cancel"),
+    ):
         theirs = api.call(method, path.format(batch_id), BETA)
         assert _answer(theirs) == _answer(api.call(method, path.format(no_batch), BETA))
         assert theirs.status_code == 404
@@ -395,7 +403,12 @@ def test_output_files_are_the_batch_owners(
         assert worker.terminate() == 0, worker.log()
     output = done["output_file_id"]
     assert output == f"file-{batch_id}-output"
-    assert api.call("GET", f"/v1/files/{output}/content", ACME).text.count("\n") == 3
+    content = api.call("GET", f"/v1/files/{output}/content", ACME).text
+    assert content.count("\n") == 3
+    # The ended batch's results stream is its output file, to its owner and the admin only.
+    assert api.call("GET", f"/v1/batches/{batch_id}/results", ACME).text == content
+    assert api.call("GET", f"/v1/batches/{batch_id}/results", OPS).text == content
+    assert api.call("GET", f"/v1/batches/{batch_id}/results", BETA).status_code == 404
     assert api.call("GET", f"/v1/files/{output}/content", OPS).status_code == 200
     for method, path in (
         ("GET", f"/v1/files/{output}"),
@@ -409,6 +422,9 @@ def test_output_files_are_the_batch_owners(
     assert output in api.file_ids(OPS, purpose="batch_output")
     assert output not in api.file_ids(BETA)
     assert api.call("DELETE", f"/v1/files/{output}", ACME).status_code == 200
+    # Its lines went with it: the results stream no longer serves them.
+    gone = api.call("GET", f"/v1/batches/{batch_id}/results", ACME)
+    assert gone.status_code == 404 and "deleted" in gone.json()["error"]["message"]
 
 
 def test_ownership_survives_a_restart_and_old_objects_are_the_default_tenants(

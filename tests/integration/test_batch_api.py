@@ -12,7 +12,9 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from openai.types import FileObject
+from openai.types import BatchUsage, FileObject
+from openai.types.batch_usage import InputTokensDetails, OutputTokensDetails
+from openai.types.responses import Response
 
 from services.harness.kafka import unique_topics, wait_for
 from services.harness.pipeline import (
@@ -240,6 +242,64 @@ def test_collector_killed_mid_job_resumes_without_duplicates(stack: Stack, tmp_p
     output = jsonl(stack.client, done.output_file_id)
     custom_ids = [line["custom_id"] for line in output]
     assert len(custom_ids) == 1500 and len(set(custom_ids)) == 1500
+    # Usage is summed in the collector's checkpoint with the lines: counted exactly once too.
+    assert done.usage is not None and done.usage == usage_of(output)
+    assert done.model == output[0]["response"]["body"]["model"]
+
+
+def usage_of(output: list[dict[str, Any]]) -> BatchUsage:
+    """The batch usage OpenAI would report for these output lines."""
+    usages = [line["response"]["body"]["usage"] for line in output]
+    # Chat and completion bodies count prompt/completion tokens, Responses input/output.
+    input_tokens = sum(u.get("prompt_tokens", u.get("input_tokens", 0)) for u in usages)
+    output_tokens = sum(u.get("completion_tokens", u.get("output_tokens", 0)) for u in usages)
+    assert input_tokens > 0 and output_tokens > 0
+    return BatchUsage(
+        input_tokens=input_tokens,
+        input_tokens_details=InputTokensDetails(cached_tokens=0),
+        output_tokens=output_tokens,
+        output_tokens_details=OutputTokensDetails(reasoning_tokens=0),
+        total_tokens=input_tokens + output_tokens,
+    )
+
+
+def results_so_far(stack: Stack, batch_id: str) -> tuple[str, list[dict[str, Any]]]:
+    """The batch's status when its results stream began, and the lines streamed."""
+    with httpx.stream("GET", f"{stack.ingest_url}/v1/batches/{batch_id}/results") as reply:
+        assert reply.status_code == 200, reply.read()
+        assert reply.headers["content-type"] == "application/jsonl"
+        body = b"".join(reply.iter_bytes())
+    lines = [json.loads(line) for line in body.splitlines()]
+    return reply.headers["x-kbatch-batch-status"], lines
+
+
+def test_results_stream_as_they_finish_and_usage_follows_them(stack: Stack, tmp_path: Path) -> None:
+    n = 400
+    wanted = {f"s{i}" for i in range(n)}
+    batch = create_batch(
+        stack.client, tmp_path, [batch_line(f"s{i}", max_tokens=40) for i in range(n)]
+    )
+
+    def some_results_while_running() -> Any:
+        status, lines = results_so_far(stack, batch.id)
+        return status == "in_progress" and 0 < len(lines) < n and lines
+
+    early = wait_for(some_results_while_running, 60, "results streamed mid-batch", 0.2)
+    assert {line["custom_id"] for line in early} < wanted
+
+    def usage_while_running() -> Any:
+        seen = stack.client.batches.retrieve(batch.id)
+        return seen.status == "in_progress" and seen.usage and seen.usage.total_tokens and seen
+
+    running = wait_for(usage_while_running, 30, "usage counted mid-batch", 0.2)
+    done = wait_status(stack.client, batch.id, {"completed"})
+    status, lines = results_so_far(stack, batch.id)
+    assert status == "completed"
+    assert lines == jsonl(stack.client, done.output_file_id)
+    assert sorted(line["custom_id"] for line in lines) == sorted(wanted)
+    assert done.usage == usage_of(lines)
+    assert running.usage.total_tokens < done.usage.total_tokens
+    assert done.model == lines[0]["response"]["body"]["model"] == "kbatch-sim"
 
 
 def test_a_file_past_openais_50000_request_limit(stack: Stack, tmp_path: Path) -> None:
@@ -264,3 +324,38 @@ def test_a_file_past_openais_50000_request_limit(stack: Stack, tmp_path: Path) -
     if done.output_file_id is not None:
         lines += jsonl(stack.client, done.output_file_id)
     assert sorted(line["custom_id"] for line in lines) == sorted(f"big{i}" for i in range(n))
+
+
+def responses_line(custom_id: str) -> str:
+    body = {"model": "kbatch-sim", "instructions": "Be brief.", "input": f"Rate {custom_id}"}
+    return json.dumps(
+        {"custom_id": custom_id, "method": "POST", "url": "/v1/responses", "body": body}
+    )
+
+
+def test_a_responses_batch_answers_with_response_objects(stack: Stack, tmp_path: Path) -> None:
+    """`/v1/responses` lines are served as chats and answered as Responses API objects; a
+    line for another endpoint than the batch's is an error, as at OpenAI."""
+    lines = [responses_line(f"r{i}") for i in range(12)]
+    lines[5] = batch_line("chat-in-a-responses-batch")
+    batch = stack.client.batches.create(
+        input_file_id=upload(stack.client, tmp_path, lines),
+        endpoint="/v1/responses",
+        completion_window="24h",
+    )
+    done = wait_status(stack.client, batch.id, {"completed", "failed"})
+    assert done.status == "completed" and done.request_counts is not None
+    assert (done.request_counts.total, done.request_counts.completed) == (11, 11)
+    assert done.errors is not None and done.errors.data is not None
+    [mismatch] = done.errors.data
+    assert (mismatch.code, mismatch.line) == ("endpoint_mismatch", 6)
+    output = jsonl(stack.client, done.output_file_id)
+    assert sorted(line["custom_id"] for line in output) == sorted(
+        f"r{i}" for i in range(12) if i != 5
+    )
+    for line in output:
+        response = Response.model_validate(line["response"]["body"], strict=True)
+        assert response.object == "response" and response.model == "kbatch-sim"
+        assert response.output_text.startswith("[simulated]")
+        assert response.usage is not None and response.usage.input_tokens > 0
+    assert done.usage == usage_of(output)

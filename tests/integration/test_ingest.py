@@ -135,7 +135,7 @@ def test_every_kind_of_bad_line_is_rejected_with_its_line_number(
         (6, "invalid_body"),
         (7, "invalid_body"),
         (8, "duplicate_custom_id"),
-        (9, "invalid_line"),
+        (9, "unsupported_endpoint"),
         (10, "invalid_line"),
         (11, "invalid_body"),
     }

@@ -109,6 +109,27 @@ def test_a_batch_whose_every_line_is_in_completes_even_past_its_window() -> None
     assert done["status"] == "completed" and "expired_by_window" not in done
 
 
+def test_usage_and_model_follow_the_collected_results_and_stay_after_the_end() -> None:
+    batch = fresh(accepted=3)
+    assert batch["usage"]["total_tokens"] == 0 and batch["model"] is None
+    running = moved(batch, Progress(2, 0, 1, 0, 11, 5, "tiny"), 1002)
+    assert running["model"] == "tiny"
+    assert running["usage"] == {
+        "input_tokens": 11,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": 5,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 16,
+    }
+    # Only the usage moved (the live counts are the same): still a change to publish.
+    more = batch_state.step(running, Progress(2, 0, 1, 0, 20, 9, None), 1003)
+    assert more is not None and more["usage"]["total_tokens"] == 29 and more["model"] == "tiny"
+    done = moved(more, Progress(3, 0, 3, 0, 33, 14, "tiny"), 1004)
+    assert done["status"] == "completed" and done["usage"]["total_tokens"] == 47
+    assert batch_state.step(done, Progress(3, 0, 3, 0, 99, 99, "other"), 1005) is None
+    assert batch_state.public(done)["usage"] == done["usage"]
+
+
 # -- properties -----------------------------------------------------------------------
 progresses = st.builds(
     Progress,
@@ -116,6 +137,9 @@ progresses = st.builds(
     st.integers(0, 12),
     st.integers(0, 12),
     st.integers(0, 12),
+    st.integers(0, 10**9),
+    st.integers(0, 10**9),
+    st.none() | st.sampled_from(["tiny", "qwen"]),
 )
 # A history: what a refresher pass saw, or a cancel, each some seconds after the last.
 # A cancel one time in ten; mostly short gaps, and now and then one past a window.
@@ -196,6 +220,8 @@ def test_a_moving_batch_ends_exactly_when_every_line_is_collected(
             continue
         total = current["request_counts"]["total"]
         assert (after["status"] in TERMINAL) == (progress.collected >= total)
+        assert after["usage"] == batch_state.usage(progress.input_tokens, progress.output_tokens)
+        assert after["model"] == (progress.model or current["model"])
         if after["status"] in TERMINAL:
             # The collector's own counts and files: the lines the client will read.
             counts = {"total": total, "completed": progress.output_lines}

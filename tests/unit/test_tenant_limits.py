@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
+from services.collector.collector import Collected
 from services.collector.files import FileStore
 from services.ingest.batch_book import BatchBook
 from services.ingest.jobs import JobBook, JobTotals
@@ -117,7 +118,7 @@ def _usage(tmp_path: Path, **options: object) -> tuple[TenantUsage, JobBook, dic
     producer = cast(AsyncProducer, None)  # nothing here publishes
     jobs = JobBook(producer, "jobs")
     collected: dict[str, int] = {}
-    usage.attach(jobs, BatchBook(producer, "batches"), lambda job: (collected.get(job, 0), 0))
+    usage.attach(jobs, BatchBook(producer, "batches"), lambda job: Collected(collected.get(job, 0)))
     return usage, jobs, collected
 
 

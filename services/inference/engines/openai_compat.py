@@ -37,6 +37,8 @@ _PATHS = {
     "/v1/chat/completions": "chat/completions",
     "/v1/completions": "completions",
     "/v1/embeddings": "embeddings",
+    # A responses line arrives as a chat (see services/ingest/validation.py).
+    "/v1/responses": "chat/completions",
 }
 
 
