@@ -48,7 +48,8 @@ async def engine(llama_server_url: str) -> AsyncIterator[OpenAICompatEngine]:
 async def test_greedy_answers_match_the_server_asked_directly(
     engine: OpenAICompatEngine, llama_server_url: str
 ) -> None:
-    output = await engine.generate(chat(temperature=0.0, top_p=1.0, max_tokens=12))
+    chat_sampling: dict[str, Any] = {"temperature": 0.0, "top_p": 1.0, "max_tokens": 12}
+    output = await engine.generate(chat(**chat_sampling))
     server = openai.OpenAI(base_url=llama_server_url, api_key=LLAMA_SERVER_KEY, max_retries=0)
     expected = server.chat.completions.create(
         model="kbatch-tiny",
@@ -62,6 +63,12 @@ async def test_greedy_answers_match_the_server_asked_directly(
     assert output.finish_reason == expected.choices[0].finish_reason
     assert output.prompt_tokens == expected.usage.prompt_tokens
     assert output.completion_tokens == expected.usage.completion_tokens > 0
+    # A /v1/responses line arrives as the same chat (ingest maps it): the same answer,
+    # asked of the server's chat route (it need not serve the Responses API).
+    responses = EngineRequest(
+        "r2", "/v1/responses", "kbatch-tiny", messages=MESSAGES, sampling=chat_sampling
+    )
+    assert (await engine.generate(responses)).text == output.text
 
 
 async def test_a_prompt_past_the_context_is_a_permanent_refusal(
