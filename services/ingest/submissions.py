@@ -15,7 +15,10 @@ requests, refused lines as JSON rejections with the reason
 (`schemas/rejection.schema.json`), and the jobs' new totals. A crash commits all of
 that or none of it; the next owner of the partition starts from the committed offset.
 Backpressure is the consumer's own: while any lane is over its backlog bound, the
-consumer pauses instead of refusing, and resumes once there is room.
+consumer pauses instead of refusing, and resumes once there is room. A tenant over its
+queued-requests limit (`KBATCH_INGEST__MAX_QUEUED_REQUESTS_PER_TENANT`) is the one
+exception: pausing would stall every tenant sharing the partition, so its lines past
+the limit are rejected (`tenant_queue_limit_exceeded`), to be sent again later.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -34,6 +38,7 @@ from services.errors import FencedError, KafkaUnavailableError, ProducerFatalErr
 from services.ingest import metrics
 from services.ingest.jobs import JobBook, JobTotals
 from services.ingest.ledger import JobLedger
+from services.ingest.tenant_usage import TenantUsage
 from services.ingest.validation import Limits, Rejection, RequestContext, parse_line
 from services.kafka.consumers import ConsumerRole, byte_headers, make_consumer
 from services.kafka.lag import BacklogMonitor
@@ -103,6 +108,7 @@ class Draft:
     published: dict[Lane, int] = field(default_factory=dict)
     offsets: dict[int, int] = field(default_factory=dict)  # partition -> next offset
     rejected: list[str] = field(default_factory=list)  # rejection codes
+    reserved: Counter[str] = field(default_factory=Counter)  # tenant -> room taken
 
 
 @dataclass(frozen=True)
@@ -133,9 +139,11 @@ class SubmissionConsumer:
         ledger: JobLedger,
         backlog: BacklogMonitor,
         limits: Limits,
+        tenants: TenantUsage,
     ) -> None:
         self._setup = setup
         self._jobs = jobs
+        self._tenants = tenants
         self._ledger = ledger
         self._backlog = backlog
         self.limits = limits  # replaced whole when live workers declare other models
@@ -218,6 +226,7 @@ class SubmissionConsumer:
             try:
                 await asyncio.to_thread(transactions.commit, draft.records, offsets, metadata)
             except (FencedError, ProducerFatalError, KafkaUnavailableError) as exc:
+                self._release_room(draft)
                 self._rewind(consumer, messages, draft)
                 if not isinstance(exc, KafkaUnavailableError):
                     # Fenced (a rebalance gave the partitions away) or broken: a new
@@ -228,6 +237,7 @@ class SubmissionConsumer:
                 return
             for totals in draft.totals.values():
                 self._jobs.remember(totals)
+            self._release_room(draft)  # the jobs' totals count those requests now
         for lane, count in draft.published.items():
             self._backlog.note_published(lane, count)
         for code in draft.rejected:
@@ -269,7 +279,7 @@ class SubmissionConsumer:
         if envelope.seal and not value.strip():
             self._count(draft, replace(totals, sealed=True))
             return
-        request = self._request_or_rejection(message, offset, envelope, totals)
+        request = self._request_or_rejection(message, offset, envelope, totals, draft)
         if isinstance(request, Rejection):
             self._reject(draft, message, job_id, request)
             self._count(draft, replace(totals, rejected=totals.rejected + 1))
@@ -285,7 +295,7 @@ class SubmissionConsumer:
         self._count(draft, replace(totals, accepted=totals.accepted + 1, sealed=sealed))
 
     def _request_or_rejection(
-        self, message: Message, offset: int, envelope: Envelope, totals: JobTotals
+        self, message: Message, offset: int, envelope: Envelope, totals: JobTotals, draft: Draft
     ) -> dict[str, Any] | Rejection:
         """The request record for a valid line, or why it is refused."""
         setup, value = self._setup, message.value() or b""
@@ -306,6 +316,13 @@ class SubmissionConsumer:
         if not self._ledger.claim(envelope.job_id, parsed["custom_id"]):
             reason = f"custom_id {parsed['custom_id']!r} already used in job {envelope.job_id}"
             return Rejection(offset, "duplicate_custom_id", reason, parsed["custom_id"])
+        fitting, refusal = self._tenants.fit_requests(envelope.tenant, 1)
+        if refusal is not None:
+            # As a streamed upload's 429: nothing is lost, the producer sends it again
+            # once the tenant's requests have finished (the rejection says so).
+            self._ledger.release(envelope.job_id, [parsed["custom_id"]])
+            return Rejection(offset, refusal.code, refusal.message, parsed["custom_id"])
+        draft.reserved[envelope.tenant] += fitting
         return parsed
 
     def _reject(
@@ -319,6 +336,11 @@ class SubmissionConsumer:
     def _count(self, draft: Draft, totals: JobTotals) -> None:
         """The job's totals after this line; one record per job ends the batch."""
         draft.totals[totals.job_id] = totals
+
+    def _release_room(self, draft: Draft) -> None:
+        for tenant, count in draft.reserved.items():
+            self._tenants.release_requests(tenant, count)
+        draft.reserved.clear()
 
     def _rewind(self, consumer: Consumer, messages: list[Message], draft: Draft) -> None:
         """After a failed commit: fetch the batch again, and forget what it claimed."""

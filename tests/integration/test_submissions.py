@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from services.codec import JOB, codec
+from services.codec import JOB, REQUEST, codec
 from services.harness.kafka import read_topic, unique_topics, wait_for
 from services.harness.pipeline import batch_line, outcomes, shared_env, start_worker
 from services.harness.ports import free_port
@@ -141,3 +141,45 @@ def test_an_ingest_killed_mid_submissions_publishes_each_line_once(
     assert found.total == len(lines)
     assert max(found.result_ids().values()) == 1
     assert {r["custom_id"] for r in found.results} == {f"k-{i}" for i in range(len(lines))}
+
+
+@pytest.mark.skipif(KCAT is None, reason="kcat not installed (Debian package kcat)")
+def test_a_tenant_over_its_queued_limit_is_refused_line_by_line_and_others_go_on(
+    bootstrap: str, tmp_path: Path
+) -> None:
+    """No worker runs, so nothing finishes: acme's lines past its limit of 10 queued
+    requests are rejected with the reason; beta, on the same partition, is unaffected."""
+    topics = unique_topics(bootstrap, high_partitions=1, normal_partitions=1, low_partitions=1)
+    env = {
+        **shared_env(bootstrap, topics),
+        "KBATCH_INGEST__HTTP_PORT": str(free_port()),
+        "KBATCH_INGEST__MAX_QUEUED_REQUESTS_PER_TENANT": "10",
+    }
+    ingest = ServiceProcess(["ingest"], env, tmp_path / "ingest.log")
+    try:
+        acme = [batch_line(f"a-{i}") for i in range(14)]
+        beta = [batch_line(f"b-{i}") for i in range(3)]
+        into = {"key": "shared"}  # one partition: a pause would stall beta too
+        kcat_produce(
+            bootstrap, topics.submissions, acme, "kbatch-job=acme-job", "kbatch-tenant=acme", **into
+        )
+        kcat_produce(
+            bootstrap, topics.submissions, beta, "kbatch-job=beta-job", "kbatch-tenant=beta", **into
+        )
+        rejections = [
+            json.loads(m.value() or b"")
+            for m in read_topic(bootstrap, topics.rejections, expect=4, timeout_s=60)
+        ]
+        assert sorted(r["custom_id"] for r in rejections) == [f"a-{i}" for i in range(10, 14)]
+        assert {r["code"] for r in rejections} == {"tenant_queue_limit_exceeded"}
+        assert all("acme" in r["reason"] and "10" in r["reason"] for r in rejections)
+        published = read_topic(bootstrap, topics.requests, expect=13, timeout_s=60)
+        beyond = read_topic(bootstrap, topics.requests, timeout_s=3)  # and none past those
+        assert len(beyond) == len(published)
+        requests = [codec(REQUEST).decode(m.value()) for m in published]
+        assert Counter(r["tenant"] for r in requests) == {"acme": 10, "beta": 3}
+        assert {r["custom_id"] for r in requests if r["tenant"] == "acme"} == {
+            f"a-{i}" for i in range(10)
+        }
+    finally:
+        assert ingest.terminate() == 0, ingest.log()
