@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.codec import ResultsFormat
@@ -118,6 +118,25 @@ class CommonSettings(BaseSettings):
     )
     log_level: str = Field("INFO", description="log level")
     log_format: Literal["json", "console"] = Field("json", description="log rendering")
+    ops_token: SecretStr | None = Field(
+        None,
+        description="bearer token the operator endpoints require: /metrics of every "
+        "service and the scheduler's /workers, /assignments, /jobs (they show job ids and "
+        "tenants); /healthz stays open; unset or empty: open (never logged)",
+    )
+
+    @field_validator("ops_token")
+    @classmethod
+    def _empty_ops_token_is_none(cls, token: SecretStr | None) -> SecretStr | None:
+        # `KBATCH_OPS_TOKEN=` (e.g. compose's `${KBATCH_OPS_TOKEN:-}`) means no token, not
+        # a token that an empty `Bearer ` would match.
+        return token if token is not None and token.get_secret_value() else None
+
+    def ops_headers(self) -> dict[str, str]:
+        """The headers a caller of the operator endpoints sends: the ops token, if any."""
+        if self.ops_token is None:
+            return {}
+        return {"Authorization": f"Bearer {self.ops_token.get_secret_value()}"}
 
     def kafka_config(self, **overrides: Any) -> dict[str, Any]:
         """The librdkafka configuration for one client, security options included."""

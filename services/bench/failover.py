@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +23,20 @@ from services.harness.kafka import unique_topics, wait_for
 from services.harness.pipeline import publish, request_record, start_follower, start_scheduler
 from services.harness.processes import ServiceProcess
 from services.scheduler.settings import SchedulerOptions
+from services.settings import CommonSettings
 
 SLOW = {"SIMULATED__STEP_S": "0.05", "SIMULATED__MAX_NUM_SEQS": "8"}
 POOLS = {"fo-a": "dedicated", "fo-b": "dedicated", "fo-c": "spot"}
 
 
+@cache
+def ops_headers() -> dict[str, str]:
+    """The ops token of this environment, which the scheduler started here inherits."""
+    return CommonSettings().ops_headers()
+
+
 def owned(url: str) -> dict[str, set[int]]:
-    workers = httpx.get(f"{url}/workers", timeout=5).json()["workers"]
+    workers = httpx.get(f"{url}/workers", headers=ops_headers(), timeout=5).json()["workers"]
     return {w["worker_id"]: set(w["owned"]) for w in workers if w["alive"]}
 
 

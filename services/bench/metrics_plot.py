@@ -30,7 +30,9 @@ from services.harness.pipeline import (
 )
 from services.harness.ports import free_port
 from services.observability.catalog import DASHBOARDS, Panel
+from services.ops_http import prometheus_authorization
 from services.resources import data_dir
+from services.settings import CommonSettings
 
 PANELS = (
     ("kbatch-overview", "Results out /s"),
@@ -48,12 +50,18 @@ def panel(uid: str, title: str) -> Panel:
 def start_prometheus(out: Path, targets: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     config = out / "prometheus.yml"
+    # The services started here inherit this environment, KBATCH_OPS_TOKEN included.
+    authorization = prometheus_authorization(CommonSettings().ops_token, out)
     config.write_text(  # JSON is YAML: no YAML writer needed
         json.dumps(
             {
                 "global": {"scrape_interval": "1s"},
                 "scrape_configs": [
-                    {"job_name": job, "static_configs": [{"targets": [t.removeprefix("http://")]}]}
+                    {
+                        "job_name": job,
+                        "static_configs": [{"targets": [t.removeprefix("http://")]}],
+                        **authorization,
+                    }
                     for job, t in targets.items()
                 ],
             }

@@ -133,16 +133,22 @@ def jobs(api: str = ApiOption, api_key: str | None = ApiKeyOption) -> None:
 
 
 def status(api: str = ApiOption, scheduler: str = SchedulerOption) -> None:
-    """Health of ingest and the scheduler, the fleet and the assignment."""
+    """Health of ingest and the scheduler, the fleet and the assignment (the scheduler's
+    views with the ops token, KBATCH_OPS_TOKEN, when one is set)."""
     for name, url in (("ingest", f"{api}/healthz"), ("scheduler", f"{scheduler}/healthz")):
         try:
             reply = httpx.get(url, timeout=5)
             console.print(f"{name}: {reply.status_code} {reply.text.strip()}")
         except httpx.HTTPError as exc:
             console.print(f"{name}: unreachable ({exc})")
+    headers = CommonSettings().ops_headers()
     try:
-        workers = httpx.get(f"{scheduler}/workers", timeout=5).json()["workers"]
-        waiting = httpx.get(f"{scheduler}/assignments", timeout=5).json()["waiting"]
+        with httpx.Client(base_url=scheduler, headers=headers, timeout=5) as client:
+            workers = client.get("/workers").raise_for_status().json()["workers"]
+            waiting = client.get("/assignments").raise_for_status().json()["waiting"]
+    except httpx.HTTPStatusError as exc:
+        console.print(f"scheduler views: {exc.response.status_code} {exc.response.text.strip()}")
+        return
     except httpx.HTTPError:
         return
     table = Table("worker", "pool", "alive", "healthy", "engine", "owned partitions")

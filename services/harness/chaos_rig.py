@@ -32,7 +32,7 @@ from services.inference.worker import EXIT_TRANSACTION_HUNG
 from services.kafka import local_broker
 from services.kafka.consumers import ConsumerRole, make_consumer
 from services.lanes import Lane
-from services.settings import TopicSettings
+from services.settings import CommonSettings, TopicSettings
 
 JOB = "chaos"
 HEARTBEAT_TIMEOUT_S = 4.0  # start_scheduler's test setting
@@ -108,6 +108,10 @@ class ChaosRig:
     _tail: ResultsTail | None = None
     url: str = ""
     _names: int = 0
+    # The services started here inherit this environment, KBATCH_OPS_TOKEN included.
+    _ops_headers: dict[str, str] = field(
+        default_factory=lambda: CommonSettings().ops_headers(), repr=False
+    )
 
     @property
     def bootstrap(self) -> str:
@@ -207,12 +211,13 @@ class ChaosRig:
 
     def owned(self) -> dict[str, set[int]]:
         """Partitions each live worker reports owning, from the scheduler's view."""
-        workers = httpx.get(f"{self.url}/workers", timeout=5).json()["workers"]
+        reply = httpx.get(f"{self.url}/workers", headers=self._ops_headers, timeout=5)
+        workers = reply.json()["workers"]
         return {w["worker_id"]: set(w["owned"]) for w in workers if w["alive"]}
 
     def job_count(self) -> int:
         try:
-            view = httpx.get(f"{self.url}/jobs/{JOB}", timeout=5).json()
+            view = httpx.get(f"{self.url}/jobs/{JOB}", headers=self._ops_headers, timeout=5).json()
         except httpx.HTTPError:
             return -1
         return int(view["completed"]) + int(view["failed"])

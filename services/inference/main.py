@@ -91,7 +91,7 @@ async def _run(settings: InferenceSettings) -> int:
     if not await gpu.check() and options.engine == "vllm":
         log.error("no usable GPU for the vllm engine", reasons=gpu.reasons)
         return 2
-    app = Starlette(routes=ops_routes(lambda: _health(worker, gpu)))
+    app = Starlette(routes=ops_routes(lambda: _health(worker, gpu), ops_token=settings.ops_token))
     server = make_server(app, options.http_host, options.http_port)
     server_stop = asyncio.Event()
     with contextlib.ExitStack() as stack:

@@ -28,6 +28,7 @@ from services.ingest.auth import Callers, TenantAuth, is_loopback
 from services.ingest.batch_api import BatchApi, openai_error
 from services.ingest.batch_book import BatchBook
 from services.ingest.batch_refresh import BatchRefresher
+from services.ingest.batch_results import BatchResults
 from services.ingest.jobs import JobBook, JobTotals
 from services.ingest.ledger import JobLedger
 from services.ingest.models import ServedModels
@@ -75,6 +76,7 @@ class IngestService:
         files = OwnedFiles(FileStore(root), self.options.default_tenant)
         self.usage = TenantUsage(self.options, files)
         self.batch_api = BatchApi(files, self.options.retry_after_s, self.callers, self.usage)
+        self.batch_results = BatchResults(self.collector, self.batch_api.batch_for)
         self.scheduler: httpx.AsyncClient | None = None  # opened by the lifespan
         self.models = ServedModels(self.options.served_models, self.options.scheduler_url)
 
@@ -82,7 +84,9 @@ class IngestService:
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         """One HTTP client for every call to the scheduler, open while the app runs."""
         url = self.options.scheduler_url
-        async with httpx.AsyncClient(base_url=url or "", timeout=2) as scheduler:
+        async with httpx.AsyncClient(
+            base_url=url or "", timeout=2, headers=self.settings.ops_headers()
+        ) as scheduler:
             self.scheduler = scheduler if url else None
             async with self._serving(app):
                 yield
@@ -191,7 +195,7 @@ class IngestService:
             max_line_bytes=self.options.max_line_bytes,
         )
         self.submissions = SubmissionConsumer(
-            setup, self.jobs, self.publishing.ledger, backlog, self.publishing.limits
+            setup, self.jobs, self.publishing.ledger, backlog, self.publishing.limits, self.usage
         )
         return asyncio.create_task(self.submissions.serve(stop), name="submissions")
 
@@ -353,7 +357,8 @@ def create_app(settings: IngestSettings) -> Starlette:
         Route("/v1/jobs/{job_id}/seal", service.seal, methods=["POST"]),
         Route("/v1/models", service.list_models, methods=["GET"]),
         *service.batch_api.routes(),
-        *ops_routes(service.health),
+        Route("/v1/batches/{batch_id}/results", service.batch_results.stream, methods=["GET"]),
+        *ops_routes(service.health, ops_token=settings.ops_token),
         Route("/openapi.json", openapi_document),
     ]
     middleware = []

@@ -16,6 +16,9 @@ from starlette.types import ASGIApp
 from services.ingest.access import Caller, caller_for
 from services.ingest.settings import IngestOptions
 
+# Paths no tenant token is asked for. /metrics is not a tenant's to read: with an ops
+# token (KBATCH_OPS_TOKEN) set, its route asks for that token alone, so a tenant token does
+# not open it, and the ops token opens no Batch API route (it is no tenant's token).
 OPEN_PATHS = frozenset({"/healthz", "/metrics", "/openapi.json"})
 
 

@@ -110,3 +110,12 @@ class IngestSettings(CommonSettings):
     model_config = SettingsConfigDict(hide_input_in_errors=True)
 
     ingest: IngestOptions = Field(default_factory=IngestOptions)
+
+    @model_validator(mode="after")
+    def _ops_token_is_no_tenants(self) -> Self:
+        # The ops token opens /metrics only; as a tenant's token it would open the API too.
+        if self.ops_token is not None:
+            ops = self.ops_token.get_secret_value()
+            if any(ops == token.get_secret_value() for token in self.ingest.tenant_tokens.values()):
+                raise ValueError("ops_token must not be one of ingest.tenant_tokens")
+        return self

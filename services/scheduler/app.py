@@ -120,6 +120,7 @@ class SchedulerService:
             self.worker_states,
             self.options.heartbeat_timeout_s,
             self.job_tables,
+            ops_token=self.settings.ops_token,
         )
 
     def _raw_topic(self, name: str) -> Any:

@@ -1,4 +1,7 @@
-"""The scheduler's web views: /workers, /assignments, /jobs, /healthz, /metrics."""
+"""The scheduler's web views: /workers, /assignments, /jobs, /healthz, /metrics.
+
+All but /healthz show job ids and tenants: with an ops token (KBATCH_OPS_TOKEN) they
+answer only a request that carries it."""
 
 from __future__ import annotations
 
@@ -8,8 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
+from faust.web import View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import SecretStr
 
+from services.ops_http import OPS_CHALLENGE, OPS_REFUSAL, ops_authorized
 from services.scheduler import jobs
 from services.scheduler.core import SchedulerCore
 from services.scheduler.fleet import WorkerState
@@ -31,16 +37,31 @@ class JobTables:
         return sorted(set(self.records) | self.progress.job_ids())
 
 
+def guarded_view(ops_token: SecretStr | None) -> type[View]:
+    """A view base that answers 401 to a request without the ops token (when one is set)."""
+
+    class Guarded(View):
+        async def dispatch(self, request: Any) -> Any:
+            if not ops_authorized(request.headers.get("Authorization"), ops_token):
+                return self.json(OPS_REFUSAL, status=401, headers=dict(OPS_CHALLENGE))
+            return await super().dispatch(request)
+
+    return Guarded
+
+
 def register_views(
     app: faust.App,
     core: SchedulerCore,
     worker_states: Callable[[], list[WorkerState]],
     heartbeat_timeout_s: float,
     tables: JobTables,
+    *,
+    ops_token: SecretStr | None,
 ) -> None:
     timeout_ms = int(heartbeat_timeout_s * 1000)
+    guarded = guarded_view(ops_token)
 
-    @app.page("/workers")
+    @app.page("/workers", base=guarded)
     async def workers_view(self: Any, request: Any) -> Any:
         now_ms = int(time.time() * 1000)
         rows = []
@@ -56,7 +77,7 @@ def register_views(
             )
         return self.json({"workers": sorted(rows, key=lambda r: r["worker_id"])})
 
-    @app.page("/assignments")
+    @app.page("/assignments", base=guarded)
     async def assignments_view(self: Any, request: Any) -> Any:
         last = core.last
         decided = {w: sorted(ps) for w, ps in last.decision.by_worker.items()}
@@ -78,11 +99,11 @@ def register_views(
             }
         )
 
-    @app.page("/jobs")
+    @app.page("/jobs", base=guarded)
     async def jobs_view(self: Any, request: Any) -> Any:
         return self.json({"jobs": [tables.view(j) for j in tables.job_ids()]})
 
-    @app.page("/jobs/{job_id}")
+    @app.page("/jobs/{job_id}", base=guarded)
     async def job_detail_view(self: Any, request: Any, job_id: str) -> Any:
         return self.json(tables.view(job_id))
 
@@ -98,7 +119,7 @@ def register_views(
         }
         return self.json(body, status=200 if healthy or age_s is None else 503)
 
-    @app.page("/metrics")
+    @app.page("/metrics", base=guarded)
     async def metrics_view(self: Any, request: Any) -> Any:
         # aiohttp refuses a charset inside content_type=, so the header is set whole.
         return self.bytes(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

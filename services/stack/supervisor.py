@@ -103,7 +103,7 @@ class Supervisor:
     async def run(self) -> None:
         """Broker, topics, services; supervise until stopped; then stop them all."""
         self._install_signals()
-        app = Starlette(routes=ops_routes(self._health))
+        app = Starlette(routes=ops_routes(self._health, ops_token=self.stack.settings.ops_token))
         server = make_server(app, "127.0.0.1", 0)
         serving = asyncio.create_task(server.serve(sockets=[self.http]))
         self.save()  # from here on `kbatch down` finds this process

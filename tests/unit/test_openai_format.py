@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai.types import Completion, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion
@@ -44,6 +44,8 @@ def result(endpoint: str, text: str, finish_reason: str, prompt: int, completion
 
 
 @pytest.mark.parametrize("endpoint", sorted(MODELS))
+# The openai models build their validators on first use: slow once, under load.
+@settings(deadline=None)
 @given(
     text=st.text(max_size=50),
     finish_reason=st.sampled_from(["stop", "length"]),
