@@ -74,12 +74,13 @@ class SchedulerCore:
         ]
         decision = assign([s.view() for s in alive], partitions, self.decided)
         self.decided = dict(decision.by_worker)
-        lists = publishable(decision.by_worker, reported_owned(alive))
+        owned = reported_owned(alive)
+        lists = publishable(decision.by_worker, owned)
         for worker_id, partitions_held in self.book.published.items():
             if worker_id not in lists and partitions_held:
                 lists[worker_id] = frozenset()  # gone or ineligible: it holds nothing now
         resend, self.missing_since = to_resend(
-            self.book.published, reported_owned(alive), self.missing_since, now_ms, RESEND_AFTER_MS
+            self.book.published, owned, self.missing_since, now_ms, RESEND_AFTER_MS
         )
         await self.book.publish(lists, resend)
         metrics.MOVES.inc(len(decision.moved))
