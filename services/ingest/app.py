@@ -25,13 +25,15 @@ from services.collector.files import FileStore
 from services.ingest import metrics
 from services.ingest.access import Action, Verdict, decide
 from services.ingest.auth import Callers, TenantAuth, is_loopback
-from services.ingest.batch_api import BatchApi, openai_error
+from services.ingest.batch_api import BatchApi
 from services.ingest.batch_book import BatchBook
 from services.ingest.batch_refresh import BatchRefresher
 from services.ingest.batch_results import BatchResults
+from services.ingest.file_api import FileApi
 from services.ingest.jobs import JobBook, JobTotals
 from services.ingest.ledger import JobLedger
 from services.ingest.models import ServedModels
+from services.ingest.openai_errors import openai_error
 from services.ingest.owned_files import OwnedFiles
 from services.ingest.settings import IngestSettings
 from services.ingest.submissions import SubmissionConsumer, SubmissionSetup
@@ -75,6 +77,7 @@ class IngestService:
         )
         files = OwnedFiles(FileStore(root), self.options.default_tenant)
         self.usage = TenantUsage(self.options, files)
+        self.file_api = FileApi(files, self.callers, self.usage)
         self.batch_api = BatchApi(files, self.options.retry_after_s, self.callers, self.usage)
         self.batch_results = BatchResults(self.collector, self.batch_api.batch_for)
         self.scheduler: httpx.AsyncClient | None = None  # opened by the lifespan
@@ -356,6 +359,7 @@ def create_app(settings: IngestSettings) -> Starlette:
         Route("/v1/jobs/{job_id}/requests", service.upload, methods=["POST"]),
         Route("/v1/jobs/{job_id}/seal", service.seal, methods=["POST"]),
         Route("/v1/models", service.list_models, methods=["GET"]),
+        *service.file_api.routes(),
         *service.batch_api.routes(),
         Route("/v1/batches/{batch_id}/results", service.batch_results.stream, methods=["GET"]),
         *ops_routes(service.health, ops_token=settings.ops_token),

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible Files and Batches API on the ingest service.
+"""The OpenAI-compatible Batches API on the ingest service (files: `file_api.py`).
 
 A batch is a kbatch job whose id is the batch id: its input file goes through the
 same validation and admission as streamed uploads (resuming after a 429 until the
@@ -10,33 +10,31 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from services.ingest import batch_state
-from services.ingest.access import Action, Caller, Verdict, can_see, decide
+from services.ingest.access import Action, can_see
 from services.ingest.auth import Callers
 from services.ingest.batch_book import BatchBook
 from services.ingest.batch_request import (
     BatchRequest,
     Invalid,
     batch_request,
-    form_expires_after,
 )
 from services.ingest.jobs import JobBook
 from services.ingest.listing import cursor_page
-from services.ingest.owned_files import OwnedFile, OwnedFiles
-from services.ingest.tenant_limits import Refusal
+from services.ingest.openai_errors import guard, openai_error, refused
+from services.ingest.owned_files import OwnedFiles
 from services.ingest.tenant_usage import TenantUsage
 from services.ingest.upload import Publishing, Upload
 from services.ingest.validation import RequestContext
@@ -49,35 +47,7 @@ log = get_logger("batches")
 # (a permanent failure, such as a record over the topic's max.message.bytes, never heals).
 MAX_DELIVERY_PASSES = 4
 
-MAX_FILES_LISTED = 10_000  # OpenAI's files.list limit: its maximum and its default
 MAX_BATCHES_LISTED = 100  # OpenAI's batches.list limit: at most 100, 20 by default
-
-
-def openai_error(
-    status: int,
-    message: str,
-    param: str | None = None,
-    code: str | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> JSONResponse:
-    """OpenAI's error body: `{"error": {"message", "type", "param", "code"}}`."""
-    body = {
-        "error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}
-    }
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-def _guard(caller: Caller, owner: str | None, action: Action, missing: Response) -> Response | None:
-    """The answer refusing `action`, or None when the caller may do it. A hidden object
-    gets `missing`, the very answer a missing one gets."""
-    verdict = decide(caller, owner, action)
-    if verdict is Verdict.HIDE:
-        return missing
-    if verdict is Verdict.FORBID:
-        return openai_error(
-            403, f"an admin may read and cancel another tenant's objects, not {action.value} them"
-        )
-    return None
 
 
 class BatchApi:
@@ -115,11 +85,6 @@ class BatchApi:
 
     def routes(self) -> list[Route]:
         return [
-            Route("/v1/files", self.create_file, methods=["POST"]),
-            Route("/v1/files", self.list_files, methods=["GET"]),
-            Route("/v1/files/{file_id}", self.get_file, methods=["GET"]),
-            Route("/v1/files/{file_id}", self.delete_file, methods=["DELETE"]),
-            Route("/v1/files/{file_id}/content", self.file_content, methods=["GET"]),
             Route("/v1/batches", self.create_batch, methods=["POST"]),
             Route("/v1/batches", self.list_batches, methods=["GET"]),
             Route("/v1/batches/{batch_id}", self.get_batch, methods=["GET"]),
@@ -146,85 +111,6 @@ class BatchApi:
                 }
                 await self.batches.put(failed)
 
-    # -- files ----------------------------------------------------------------------
-    async def create_file(self, request: Request) -> Response:
-        async with request.form(max_part_size=512 * 1024 * 1024) as form:
-            upload, purpose = form.get("file"), form.get("purpose")
-            if purpose != "batch":
-                return openai_error(400, "purpose must be 'batch'", "purpose")
-            if upload is None or isinstance(upload, str):
-                return openai_error(400, "a file part is required", "file")
-            expiry = form_expires_after(form)
-            if isinstance(expiry, Invalid):
-                return openai_error(400, expiry.message, expiry.param)
-            tenant = self.callers.of(request).tenant
-            # The form has the whole part by now: its size is known before a byte is stored.
-            size = await asyncio.to_thread(_size_of, upload.file)
-            refusal = await self.usage.reserve_file(tenant, size)
-            if refusal is not None:
-                return _refused(refusal)
-            try:
-                saved = await asyncio.to_thread(
-                    self.files.save_upload,
-                    upload.file,
-                    upload.filename or "upload.jsonl",
-                    purpose,
-                    tenant,
-                    expiry,
-                )
-            finally:
-                await self.usage.release_file(tenant, size)
-        return JSONResponse(saved.to_json())
-
-    async def list_files(self, request: Request) -> Response:
-        """OpenAI's files.list: the caller's files (an admin's: everyone's), by
-        `created_at` (`order`, newest first by default), after the file `after`."""
-        params = request.query_params
-        try:
-            limit = int(params.get("limit", str(MAX_FILES_LISTED)))
-        except ValueError:
-            return openai_error(400, "limit must be an integer", "limit")
-        if not 1 <= limit <= MAX_FILES_LISTED:
-            return openai_error(400, f"limit must be from 1 to {MAX_FILES_LISTED}", "limit")
-        order = params.get("order", "desc")
-        if order not in ("asc", "desc"):
-            return openai_error(400, "order must be 'asc' or 'desc'", "order")
-        purpose = params.get("purpose")
-        caller = self.callers.of(request)
-        visible = [
-            owned.file
-            for owned in await asyncio.to_thread(self.files.all)
-            if can_see(caller, owned.owner) and purpose in (None, owned.file.purpose)
-        ]
-        visible.sort(key=lambda f: (f.created_at, f.id), reverse=order == "desc")
-        ordered = [file.to_json() for file in visible]
-        return JSONResponse(cursor_page(ordered, params.get("after"), limit))
-
-    def _file(self, request: Request, action: Action) -> OwnedFile | Response:
-        """The path's file, if the caller may do `action` to it; else the refusal."""
-        found = self.files.get(request.path_params["file_id"])
-        missing = openai_error(404, "no such file", "file_id")
-        refusal = _guard(self.callers.of(request), found.owner if found else None, action, missing)
-        return found if refusal is None and found is not None else refusal or missing
-
-    async def get_file(self, request: Request) -> Response:
-        found = self._file(request, Action.READ)
-        return found if isinstance(found, Response) else JSONResponse(found.file.to_json())
-
-    async def file_content(self, request: Request) -> Response:
-        found = self._file(request, Action.READ)
-        if isinstance(found, Response):
-            return found
-        return FileResponse(self.files.content_path(found.file), media_type="application/jsonl")
-
-    async def delete_file(self, request: Request) -> Response:
-        found = self._file(request, Action.CHANGE)
-        if isinstance(found, Response):
-            return found
-        if not self.files.delete(found.file.id):
-            return openai_error(404, "no such file", "file_id")  # deleted meanwhile
-        return JSONResponse({"id": found.file.id, "object": "file", "deleted": True})
-
     # -- batches --------------------------------------------------------------------
     async def create_batch(self, request: Request) -> Response:
         try:
@@ -237,7 +123,7 @@ class BatchApi:
         caller = self.callers.of(request)
         found = self.files.get(asked.input_file_id)
         no_file = openai_error(400, "input_file_id names no file", "input_file_id")
-        forbidden = _guard(caller, found.owner if found else None, Action.CHANGE, no_file)
+        forbidden = guard(caller, found.owner if found else None, Action.CHANGE, no_file)
         if forbidden is not None or found is None:
             return forbidden or no_file
         file = found.file
@@ -249,7 +135,7 @@ class BatchApi:
         # No await from here to the reservation: the check and the reservation are one step.
         refusal = self.usage.reserve_requests(caller.tenant, lines)
         if refusal is not None:
-            return _refused(refusal)
+            return refused(refusal)
         try:
             batch = await self._start_batch(asked, file.id, caller.tenant)
         except BaseException:
@@ -344,7 +230,7 @@ class BatchApi:
         batch = self.batches.get(request.path_params["batch_id"])
         owner = batch_state.owner(batch, self.callers.default_tenant) if batch else None
         missing = openai_error(404, "no such batch", "batch_id")
-        refusal = _guard(self.callers.of(request), owner, action, missing)
+        refusal = guard(self.callers.of(request), owner, action, missing)
         return batch if refusal is None and batch is not None else refusal or missing
 
     async def get_batch(self, request: Request) -> Response:
@@ -405,19 +291,6 @@ class PassLines:
         unsent = {n for n in self.retry if n >= refused_at}
         resume = None if self.resume is None else max(self.resume, refused_at)
         return PassLines(resume, frozenset(unsent | set(failed)))
-
-
-def _refused(refusal: Refusal) -> Response:
-    """A per-tenant limit's 429, in OpenAI's error shape."""
-    headers = None if refusal.retry_after_s is None else {"Retry-After": str(refusal.retry_after_s)}
-    return openai_error(429, refusal.message, code=refusal.code, headers=headers)
-
-
-def _size_of(source: BinaryIO) -> int:
-    """The bytes of a seekable upload, left at its start."""
-    size = source.seek(0, os.SEEK_END)
-    source.seek(0)
-    return size
 
 
 def _count_lines(path: Path) -> int:

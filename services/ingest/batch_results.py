@@ -20,7 +20,7 @@ from starlette.responses import Response, StreamingResponse
 
 from services.collector.collector import Collector
 from services.ingest.access import Action
-from services.ingest.batch_api import openai_error
+from services.ingest.openai_errors import openai_error
 
 CHUNK_BYTES = 1 << 20
 
