@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO
 
@@ -76,3 +76,11 @@ class ServiceProcess:
         self.process.kill()
         self.process.wait()
         self._log.close()
+
+
+def stop_all(processes: Iterable[ServiceProcess | None]) -> None:
+    """SIGTERM every process, each even when another failed, then require that every
+    one exited 0 (a failed check must not leave the rest running)."""
+    exits = [(process, process.terminate()) for process in processes if process is not None]
+    failed = [f"{p.args} exited {code}:\n{p.log()}" for p, code in exits if code != 0]
+    assert not failed, "\n\n".join(failed)

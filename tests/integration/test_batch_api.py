@@ -24,7 +24,7 @@ from services.harness.pipeline import (
     start_ingest_process,
     start_scheduler,
 )
-from services.harness.processes import ServiceProcess
+from services.harness.processes import ServiceProcess, stop_all
 from services.settings import TopicSettings
 
 
@@ -50,8 +50,7 @@ def stack(bootstrap: str, tmp_path: Path) -> Iterator[Stack]:
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
     built = Stack(topics, client, [ingest, worker, scheduler], env, url, worker_url)
     yield built
-    for process in built.processes:
-        assert process.terminate() == 0, process.log()
+    stop_all(built.processes)
 
 
 def upload(client: openai.OpenAI, tmp_path: Path, lines: list[str]) -> str:

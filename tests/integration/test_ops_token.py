@@ -21,7 +21,7 @@ from services.harness.kafka import unique_topics, wait_for
 from services.harness.pipeline import ingest_env, start_follower, start_ingest_process
 from services.harness.pipeline import start_scheduler as start_scheduler_process
 from services.harness.ports import free_port
-from services.harness.processes import KBATCH, ServiceProcess
+from services.harness.processes import KBATCH, ServiceProcess, stop_all
 from services.ops_http import prometheus_authorization
 from tests.integration.test_prometheus import binary
 
@@ -70,8 +70,7 @@ def deployment(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         try:
             yield Deployment(scheduler_url, worker_url, ingest_url, processes)
         finally:
-            for process in processes:
-                assert process.terminate() == 0, process.log()
+            stop_all(processes)
             for process in processes:
                 assert OPS_TOKEN not in process.log() and TENANT_TOKEN not in process.log()
 

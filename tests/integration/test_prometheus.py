@@ -24,7 +24,7 @@ from services.harness.pipeline import (
     start_scheduler,
 )
 from services.harness.ports import free_port
-from services.harness.processes import ServiceProcess
+from services.harness.processes import ServiceProcess, stop_all
 from services.inference.gpu import sample_gpus
 from services.observability.catalog import all_exprs, data_exprs
 from services.observability.render import ALERTS_FILE
@@ -172,5 +172,4 @@ def test_prometheus_scrapes_every_service_and_answers_every_query(
                 continue
             wait_for(partial(has_data, prom_url, expr), 20, f"data for {expr}")
     finally:
-        for process in (ingest, worker, scheduler):
-            assert process.terminate() == 0, process.log()
+        stop_all((ingest, worker, scheduler))

@@ -29,7 +29,7 @@ from services.harness.pipeline import (
     start_worker,
     submit_batch,
 )
-from services.harness.processes import ServiceProcess
+from services.harness.processes import ServiceProcess, stop_all
 from services.resources import data_dir
 from services.settings import TopicSettings
 
@@ -197,5 +197,4 @@ def test_a_batch_through_json_results_ends_complete(bootstrap: str, tmp_path: Pa
         values = [m.value() or b"" for m in read_topic(bootstrap, topics.results)]
         assert len(values) == 10 and all(v.startswith(b"{") for v in values)
     finally:
-        for process in reversed(processes):
-            assert process.terminate() == 0, process.log()
+        stop_all(reversed(processes))
