@@ -196,7 +196,7 @@ def _run_batch_whole(url: str, body: bytes, lines: int) -> None:
             ),
             300,
             "the repeated upload's batch",
-            interval_s=1,
+            interval_s=0.2,
         )
         assert batch["status"] == "completed", batch
         output = client.get(f"/v1/files/{batch['output_file_id']}/content").text.splitlines()

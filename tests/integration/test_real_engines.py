@@ -162,8 +162,8 @@ def test_kill_9_of_a_llamacpp_worker_loses_and_repeats_nothing(
     bootstrap: str, tmp_path: Path, tiny_model: Path
 ) -> None:
     topics = unique_topics(bootstrap, **SMALL)
-    # Long answers (~2 ms a token here): the kill at 60 results lands well before 600.
-    records = [tiny_record("job-k9", i, max_tokens=160) for i in range(600)]
+    # Long answers (~2 ms a token here): the kill at 60 results lands well before 240.
+    records = [tiny_record("job-k9", i, max_tokens=160) for i in range(240)]
     publish(bootstrap, topics, records)
     engine = {"ENGINE": "llamacpp", "MODEL": str(tiny_model)}
     first, _ = start_worker(bootstrap, topics, tmp_path, "llama-a", "0-3", **engine)
