@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ BENCH_FILES = {
     "scale": Path("docs/bench/scale.json"),
     "chaos": Path("docs/bench/chaos.json"),
     "failover": Path("docs/bench/failover.json"),
+    "priority": Path("docs/bench/priority.json"),
 }
 
 
@@ -212,6 +214,44 @@ def failover_table(result: dict[str, Any]) -> str:
     return "\n".join([intro, "", *_table(columns, rows)])
 
 
+def priority_table(result: dict[str, Any]) -> str:
+    """A high job beside a saturating low one, against it alone; the low lane's share."""
+    goal = result["goal_high_ratio"]
+    rows: list[list[object]] = []
+    for engine, e in result["engines"].items():
+        ratio = e["median_high_ratio"]
+        met = "met" if ratio <= goal else "**not met**"
+        rows.append(
+            [
+                engine,
+                len(e["runs"]),
+                statistics.median(r["high_alone_s"] for r in e["runs"]),
+                statistics.median(r["high_beside_low_s"] for r in e["runs"]),
+                f"{ratio:.2f} (≤ {goal}: {met})",
+                e["median_low_alone_per_s"],
+                e["median_low_beside_high_per_s"],
+                f"{e['median_low_share']:.3f}",
+            ]
+        )
+    intro = (
+        f"{_measured(result)} One worker holds a high and a low partition; a high job of "
+        f"{result['high_requests']:,} requests (published in transactions) alone, then "
+        f"beside a low job of {result['low_requests']:,} that saturates the worker. "
+        f"`KBATCH_INFERENCE__LOWER_LANE_SHARE` = {result['lower_lane_share']}."
+    )
+    columns = [
+        "engine",
+        "runs",
+        "high alone s",
+        "high beside low s",
+        "ratio (median)",
+        "low alone req/s",
+        "low beside high req/s",
+        "low share of records",
+    ]
+    return "\n".join([intro, "", *_table(columns, rows)])
+
+
 RENDERERS = {
     "engines": engines_table,
     "pipeline": pipeline_table,
@@ -219,6 +259,7 @@ RENDERERS = {
     "scale": scale_table,
     "chaos": chaos_table,
     "failover": failover_table,
+    "priority": priority_table,
 }
 
 

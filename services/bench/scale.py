@@ -29,7 +29,6 @@ from typing import Any
 
 import httpx
 import typer
-from confluent_kafka import TopicPartition
 
 from services.bench.measure import OutOption, emit, run_facts, steady_rate
 from services.codec import results_codec
@@ -49,8 +48,7 @@ from services.inference.engines.simulated import ideal_requests_per_s
 from services.inference.settings import SimulatedEngineOptions
 from services.kafka import local_broker
 from services.kafka.compacted import read_to_end
-from services.kafka.consumers import ConsumerRole, make_consumer
-from services.kafka.lag import partition_backlog
+from services.kafka.lag import GroupBacklog
 from services.settings import TopicSettings
 
 SIM = SimulatedEngineOptions(step_s=0.005, max_num_seqs=32, tokens_per_step=1)
@@ -90,21 +88,15 @@ class Sampler:
 
     def _run(self) -> None:
         # The workers' group, for its committed offsets; never assigned, never commits.
-        consumer = make_consumer(
-            {"bootstrap.servers": self.bootstrap},
-            ConsumerRole.COMMITTED_READER,
-            "kbatch-inference",
-        )
+        reader = GroupBacklog({"bootstrap.servers": self.bootstrap}, "kbatch-inference")
         started = time.monotonic()
         try:
             while not self._stop.wait(self.every_s):
                 total = self.topics.lane_layout().total
-                backlog = partition_backlog(consumer, self.topics.requests, total)
+                backlog = reader.by_partition(self.topics.requests, total)
+                # The bench publishes without transactions: offsets here are records.
                 published = sum(
-                    consumer.get_watermark_offsets(
-                        TopicPartition(self.topics.requests, p), timeout=10, cached=False
-                    )[1]
-                    for p in range(total)
+                    reader.end_offsets(self.topics.requests, list(range(total))).values()
                 )
                 row: dict[str, Any] = {
                     "t": time.monotonic() - started,
@@ -114,7 +106,7 @@ class Sampler:
                 row.update({name: rss_mib(pid) for name, pid in self.pids.items()})
                 self.rows.append(row)
         finally:
-            consumer.close()
+            reader.close()
 
 
 def rss_mib(pid: int) -> float | None:

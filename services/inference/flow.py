@@ -42,14 +42,52 @@ def paused_partitions(
     return set(owned) & (set(releasing) | set(gated))
 
 
-def lane_gate(lanes: Mapping[int, Lane], backlog: Mapping[int, int | None]) -> set[int]:
-    """Partitions to hold back: those in a lower lane than the best lane with backlog.
+@dataclass(frozen=True)
+class LaneGate:
+    """This round's lane decision: partitions held back, and a cap on records taken."""
 
-    A worker holding high and low partitions works on the low ones only when the
-    high ones have nothing waiting; an unknown backlog (not fetched yet) counts as none.
+    held: frozenset[int] = frozenset()
+    budget: int | None = None  # the lower lanes' owed share while they are let in
+    busy_rank: int | None = None  # the best lane with records waiting (LANE_ORDER index)
+
+
+def lane_gate(
+    lanes: Mapping[int, Lane], backlog: Mapping[int, int | None], credit: float = 0.0
+) -> LaneGate:
+    """Hold lower lanes back while a higher lane has records waiting, except for the
+    share they are owed (`credit`, in records: see `lane_credit`).
+
+    A worker holding high and low partitions works on the low ones only when the high
+    ones have nothing waiting, or when the low lanes' minimum share has earned them a
+    record; then every lane is let in for at most the records owed, so that a round
+    cannot take more lower-lane records than the share. An unknown backlog (not
+    measured yet) counts as none.
     """
-    waiting = [LANE_ORDER.index(lanes[p]) for p, n in backlog.items() if n and p in lanes]
+    waiting = {p for p, n in backlog.items() if n and p in lanes}
     if not waiting:
-        return set()
-    best = min(waiting)
-    return {p for p, lane in lanes.items() if LANE_ORDER.index(lane) > best}
+        return LaneGate()
+    rank = {p: LANE_ORDER.index(lane) for p, lane in lanes.items()}
+    best = min(rank[p] for p in waiting)
+    lower = frozenset(p for p, r in rank.items() if r > best)
+    owed = int(credit)
+    if owed >= 1 and lower & waiting:
+        return LaneGate(frozenset(), owed, best)
+    return LaneGate(lower, None, best)
+
+
+def lane_credit(
+    credit: float, share: float, busy_rank: int | None, taken: Mapping[int, int], burst: int
+) -> float:
+    """The lower lanes' owed records after a round that took `taken` (records by lane
+    rank) while `busy_rank` was the best lane with records waiting.
+
+    Each record of the busy lane (or above) earns share / (1 - share) of a lower-lane
+    record, each lower-lane record spends one: under two saturated lanes the lower
+    ones take `share` of the records, and never more. Credit is capped at `burst`
+    records, so a lower lane that had nothing waiting cannot hoard a large batch.
+    """
+    if busy_rank is None or share <= 0:
+        return credit if share > 0 else 0.0
+    earned = sum(n for r, n in taken.items() if r <= busy_rank) * share / (1 - share)
+    spent = sum(n for r, n in taken.items() if r > busy_rank)
+    return max(0.0, min(float(burst), credit + earned) - spent)

@@ -38,6 +38,11 @@ class PartitionProgress(Generic[Output]):
         return self._committed
 
     @property
+    def next_to_consume(self) -> int:
+        """The position after the last record taken, or the end the consumer reached."""
+        return self._next_to_consume
+
+    @property
     def in_flight(self) -> int:
         return len(self._in_flight)
 
@@ -52,6 +57,12 @@ class PartitionProgress(Generic[Output]):
         self._next_to_consume = offset + 1
         self._in_flight.add(offset)
         heapq.heappush(self._in_flight_heap, offset)
+
+    def reached(self, offset: int) -> None:
+        """The consumer reached `offset` (partition EOF) having delivered every record
+        below it: what lies between the last record taken and `offset` is transaction
+        markers and aborted records, no work, and a commit may move past it."""
+        self._next_to_consume = max(self._next_to_consume, offset)
 
     def finished(self, offset: int, outputs: list[Output]) -> None:
         self._in_flight.remove(offset)

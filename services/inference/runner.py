@@ -46,13 +46,16 @@ class RequestRunner:
         self._engine = engine
         self._config = config
 
-    async def run(self, origin: Origin, record: dict[str, Any]) -> list[OutRecord]:
-        """The result, or a dead letter; EngineDeadError propagates (the worker must stop)."""
+    async def run(
+        self, origin: Origin, record: dict[str, Any], engine_priority: str | None = None
+    ) -> list[OutRecord]:
+        """The result, or a dead letter; EngineDeadError propagates (the worker must stop).
+        `engine_priority`: the lane the engine schedules it as, when not its own."""
         config = self._config
         queue_wait_s = max(0.0, time.time() - record["submitted_at_ms"] / 1000)
         metrics.QUEUE_WAIT_SECONDS.observe(queue_wait_s)
         started = time.monotonic()
-        request = EngineRequest.from_record(record, attempt=record["attempt"])
+        request = EngineRequest.from_record(record, record["attempt"], engine_priority)
         served = self._engine.served_model
         if request.model != served:
             refusal = ModelNotServedError(

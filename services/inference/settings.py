@@ -145,6 +145,14 @@ class InferenceOptions(BaseModel):
         description="consumed-but-uncommitted records; default 4x the in-flight cap, at "
         f"least {MIN_DEFAULT_UNCOMMITTED}",
     )
+    lower_lane_share: float = Field(
+        0.05,
+        ge=0,
+        le=0.5,
+        description="share of the records a worker takes that lower lanes get while a higher "
+        "lane has records waiting (0.05: 1 in 20); 0: strict priority, a lower lane waits "
+        "until every higher one is empty",
+    )
     commit_interval_s: float = Field(0.5, gt=0, description="commit at least this often")
     commit_max_records: int = Field(1000, ge=1, description="commit once this many are ready")
     transactions: bool = Field(

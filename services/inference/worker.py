@@ -15,12 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 from services.codec import REQUEST, codec
 from services.errors import (
@@ -34,7 +43,14 @@ from services.errors import (
 from services.inference import metrics
 from services.inference.at_least_once import PartitionAtLeastOnce
 from services.inference.engines.base import Engine
-from services.inference.flow import FlowState, lane_gate, paused_partitions, room
+from services.inference.flow import (
+    FlowState,
+    LaneGate,
+    lane_credit,
+    lane_gate,
+    paused_partitions,
+    room,
+)
 from services.inference.hung_calls import HungCalls
 from services.inference.outputs import (
     Origin,
@@ -54,6 +70,7 @@ from services.kafka.lag import end_offsets
 from services.kafka.retries import KAFKA_RETRIES, jittered_backoff_s
 from services.kafka.stats import stats_config
 from services.kafka.transactions import OutRecord, TransactionalProducer, transactional_id
+from services.lanes import LANE_ORDER
 from services.lifecycle import exit_now, wait_event
 from services.logs import get_logger
 
@@ -74,7 +91,7 @@ class OwnedPartition:
     partition: int
     txn: Committer
     progress: PartitionProgress[OutRecord]
-    next_offset: int  # of the next record to take: the lane gate's view of its backlog
+    lane_rank: int  # its lane's index in LANE_ORDER
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     releasing: bool = False
 
@@ -107,6 +124,7 @@ class Worker:
         # Each request's task, with its partition and job: cancelled with either.
         self._tasks: dict[asyncio.Task[None], tuple[int, str]] = {}
         self._in_flight = 0
+        self._lane_credit = 0.0  # lower-lane records owed while a higher lane waits
         self._paused: set[int] = set()
         self._ends: dict[int, int] = {}  # end offsets of owned partitions, for the lane gate
         self._slot_freed = asyncio.Event()
@@ -131,6 +149,11 @@ class Worker:
         return self.options.in_flight_cap or max(
             2 * self.engine.max_concurrency, MIN_DEFAULT_IN_FLIGHT
         )
+
+    @property
+    def _burst(self) -> int:
+        """Most lower-lane records owed at once: the share of the in-flight cap."""
+        return max(1, math.ceil(self.options.lower_lane_share * self.in_flight_cap))
 
     @property
     def max_uncommitted(self) -> int:
@@ -197,8 +220,9 @@ class Worker:
         consumer = self._require_consumer()
         flow = self._flow(stopping)
         releasing = {p for p, owned in self.owned.items() if owned.releasing}
-        self._set_paused(paused_partitions(flow, set(self.owned), releasing, self._gated()))
-        budget = room(flow)
+        gate = self._lane_gate()
+        self._set_paused(paused_partitions(flow, set(self.owned), releasing, gate.held))
+        budget = room(flow) if gate.budget is None else min(room(flow), gate.budget)
         if budget == 0 or not self.owned:
             self._slot_freed.clear()
             await wait_event(self._slot_freed, 0.1)
@@ -206,26 +230,56 @@ class Worker:
         messages = await asyncio.get_running_loop().run_in_executor(
             self._fetcher, consumer.consume, min(budget, 500), 0.1
         )
+        taken: Counter[int] = Counter()
         for message in messages:
-            self._accept(message)
+            lane_rank = self._accept(message, gate.busy_rank)
+            if lane_rank is not None:
+                taken[lane_rank] += 1
+        self._lane_credit = lane_credit(
+            self._lane_credit, self.options.lower_lane_share, gate.busy_rank, taken, self._burst
+        )
 
-    def _accept(self, message: Message) -> None:
+    def _accept(self, message: Message, busy_rank: int | None) -> int | None:
+        """Take one fetched record (or event); the lane rank of a record taken.
+
+        A lower-lane record taken for its share while a higher lane is busy runs at
+        the busy lane's engine priority: an engine that schedules by priority (vLLM)
+        would otherwise keep it waiting behind that lane, and the share with it."""
         error = message.error()
-        if error is not None:
-            log.warning("consume error", error=str(error))
-            return
         partition, offset = message.partition(), message.offset()
+        if error is not None:
+            if error.code() == KafkaError._PARTITION_EOF:
+                assert partition is not None and offset is not None  # set on EOF events
+                self._reached_end(partition, offset)
+            else:
+                log.warning("consume error", error=str(error))
+            return None
         assert partition is not None and offset is not None  # set on every fetched record
         part = self.owned.get(partition)
         if part is None or part.releasing:
-            return  # fetched before the partition was released: its new owner reads it
+            return None  # fetched before the partition was released: its new owner reads it
         origin = Origin(
             self.topic, partition, offset, message.key(), message.value(), replays_of(message)
         )
         part.progress.started(offset)
-        part.next_offset = offset + 1
+        engine_priority = None
+        if busy_rank is not None and part.lane_rank > busy_rank:
+            engine_priority = LANE_ORDER[busy_rank].value
+        self._start(part, origin, engine_priority)
+        return part.lane_rank
+
+    def _reached_end(self, partition: int, offset: int) -> None:
+        """Every record below `offset` was delivered: what lay between them and `offset`
+        (transaction markers, aborted records) is no backlog, and commits move past it."""
+        part = self.owned.get(partition)
+        if part is not None and not part.releasing:
+            part.progress.reached(offset)
+
+    def _start(self, part: OwnedPartition, origin: Origin, engine_priority: str | None) -> None:
+        """Run a taken record: decode it, then into the engine (or straight to its outcome)."""
+        offset = origin.offset
         try:
-            record = codec(REQUEST).decode(message.value())
+            record = codec(REQUEST).decode(origin.value)
         except DecodeError as exc:
             metrics.DEAD_LETTERS.labels("decode", "DecodeError").inc()
             dead = dead_letter_record(
@@ -243,7 +297,7 @@ class Worker:
             part.progress.finished(offset, [self._cancelled(origin, record)])
             return
         self._in_flight += 1
-        task = asyncio.create_task(self._run_request(part, origin, record))
+        task = asyncio.create_task(self._run_request(part, origin, record, engine_priority))
         self._tasks[task] = (part.partition, record["job_id"])
         task.add_done_callback(self._tasks.pop)
 
@@ -267,10 +321,14 @@ class Worker:
                 task.cancel()
 
     async def _run_request(
-        self, part: OwnedPartition, origin: Origin, record: dict[str, Any]
+        self,
+        part: OwnedPartition,
+        origin: Origin,
+        record: dict[str, Any],
+        engine_priority: str | None,
     ) -> None:
         try:
-            outputs = await self._runner.run(origin, record)
+            outputs = await self._runner.run(origin, record, engine_priority)
         except asyncio.CancelledError:
             if record["job_id"] not in self.cancelled_jobs:
                 raise  # stopping, or its partition released: the next owner runs it
@@ -428,7 +486,8 @@ class Worker:
             low, _ = await asyncio.to_thread(consumer.get_watermark_offsets, tp, 30, False)
             start = low
         del self._taking[partition]
-        self.owned[partition] = OwnedPartition(partition, txn, PartitionProgress(start), start)
+        lane_rank = LANE_ORDER.index(self._layout.lane_of(partition))
+        self.owned[partition] = OwnedPartition(partition, txn, PartitionProgress(start), lane_rank)
         consumer.incremental_assign(
             [TopicPartition(self.topic, partition, start or OFFSET_BEGINNING)]
         )
@@ -550,23 +609,28 @@ class Worker:
         finally:
             await asyncio.to_thread(probe.close)
 
-    def _gated(self) -> set[int]:
+    def _lane_gate(self) -> LaneGate:
         """Lower-lane partitions held back while a higher lane has records waiting.
 
-        Backlog is measured from the worker's own next offset: the consumer's
-        position() is invalid for a partition nothing was taken from yet, which hid
-        a fresh high lane's records from the gate (seen: 77 s queue waits). End
-        offsets come from the probe only: reading even librdkafka's cached watermarks
-        waits while consume() holds the consumer's handle, blocking the event loop.
+        A partition's backlog runs from the worker's next position: one past the last
+        record taken, or the end the consumer reached (partition EOF), so that the
+        commit marker closing every transaction, and aborted records, count as nothing
+        (they take offsets but are never delivered; counted, one marker held every
+        lower lane back for good). The consumer's position() is invalid for a
+        partition nothing was taken from yet, which hid a fresh high lane's records
+        from the gate (seen: 77 s queue waits). End offsets come from the probe only:
+        reading even librdkafka's cached watermarks waits while consume() holds the
+        consumer's handle, blocking the event loop.
         """
         if len(self.owned) < 2:
-            return set()
+            return LaneGate()
         lanes = {p: self._layout.lane_of(p) for p in self.owned}
         backlog: dict[int, int | None] = {}
         for partition, part in self.owned.items():
             high = self._ends.get(partition, -1)
-            backlog[partition] = max(0, high - part.next_offset) if high >= 0 else None
-        return lane_gate(lanes, backlog)
+            waiting = high - part.progress.next_to_consume
+            backlog[partition] = max(0, waiting) if high >= 0 else None
+        return lane_gate(lanes, backlog, self._lane_credit)
 
     def _update_gauges(self) -> None:
         metrics.IN_FLIGHT.set(self._in_flight)
@@ -589,6 +653,9 @@ class Worker:
                 "queued.max.messages.kbytes": self.options.queued_max_kbytes,
                 # A resumed partition's first fetch must not sit behind a long poll.
                 "fetch.wait.max.ms": 100,
+                # Reaching a partition's end says the offsets left below it hold no
+                # work (transaction markers, aborted records): see _reached_end.
+                "enable.partition.eof": True,
                 **stats_config("inference-consumer"),
             },
         )

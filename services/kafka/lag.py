@@ -35,33 +35,58 @@ def listed_offsets(
     return {position.partition: position.offset for position in found}
 
 
-def partition_backlog(
-    consumer: Consumer, topic: str, partitions: int, timeout_s: float = 10
-) -> dict[int, int]:
-    """Requests not yet consumed per partition: end offset minus the committed offset
-    of the consumer's group (from the log start where nothing was committed).
+class GroupBacklog:
+    """A consumer group's records waiting, per partition of a topic, from two handles.
 
-    A plain Consumer with the inference group's id reads the committed offsets:
-    AdminClient.list_consumer_group_offsets crashed the process (SIGSEGV,
-    confluent-kafka 2.16) while a fresh broker was still creating its offsets topic.
+    The end of the work is the last stable offset (a read_committed handle): records of
+    an open transaction are not consumable yet and those of an aborted one never are.
+    The start is the group's committed offset, read through a read_uncommitted handle:
+    read_committed makes committed() wait for stable offsets, i.e. for a dead worker's
+    open transaction to time out (60 s). Between the two, the workers' commits step
+    over transaction markers and aborted records they reached (see the worker's
+    _reached_end), so a drained partition reads 0; records not consumed yet count the
+    markers among them (at most one per producer transaction). A plain Consumer reads
+    the committed offsets: AdminClient.list_consumer_group_offsets crashed the process
+    (SIGSEGV, confluent-kafka 2.16) while a fresh broker was still creating its
+    offsets topic. Neither handle subscribes or commits.
     """
-    tps = [TopicPartition(topic, p) for p in range(partitions)]
-    committed: dict[int, int | None] = {
-        tp.partition: tp.offset if tp.offset >= 0 else None
-        for tp in consumer.committed(tps, timeout=timeout_s)
-    }
-    every = list(range(partitions))
-    lows = listed_offsets(consumer, topic, every, OFFSET_BEGINNING, timeout_s)
-    highs = listed_offsets(consumer, topic, every, OFFSET_END, timeout_s)
-    return {p: unconsumed(lows[p], highs[p], committed[p]) for p in every}
 
+    def __init__(self, kafka_config: dict[str, Any], group: str) -> None:
+        self._group = make_consumer(kafka_config, ConsumerRole.READER, group)
+        self._ends = make_consumer(kafka_config, ConsumerRole.COMMITTED_READER)
 
-def measure_backlog(
-    consumer: Consumer, topic: str, layout: LaneLayout, timeout_s: float = 10
-) -> dict[Lane, int]:
-    """One measurement of the backlog per lane."""
-    by_partition = partition_backlog(consumer, topic, layout.total, timeout_s)
-    return lane_backlog(layout, by_partition)
+    def __enter__(self) -> GroupBacklog:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._group.close()
+        self._ends.close()
+
+    def end_offsets(
+        self, topic: str, partitions: list[int], timeout_s: float = 10
+    ) -> dict[int, int]:
+        """Each partition's last stable offset."""
+        return end_offsets(self._ends, topic, partitions, timeout_s)
+
+    def by_partition(self, topic: str, partitions: int, timeout_s: float = 10) -> dict[int, int]:
+        """Records waiting per partition: the last stable offset minus the group's
+        committed offset (the log start where nothing was committed)."""
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        committed: dict[int, int | None] = {
+            tp.partition: tp.offset if tp.offset >= 0 else None
+            for tp in self._group.committed(tps, timeout=timeout_s)
+        }
+        every = list(range(partitions))
+        lows = listed_offsets(self._ends, topic, every, OFFSET_BEGINNING, timeout_s)
+        highs = self.end_offsets(topic, every, timeout_s)
+        return {p: unconsumed(lows[p], highs[p], committed[p]) for p in every}
+
+    def by_lane(self, topic: str, layout: LaneLayout, timeout_s: float = 10) -> dict[Lane, int]:
+        """Records waiting per lane."""
+        return lane_backlog(layout, self.by_partition(topic, layout.total, timeout_s))
 
 
 class BacklogMonitor:
@@ -88,12 +113,10 @@ class BacklogMonitor:
         self.last_error: str | None = None
 
     def start(self) -> None:
-        # Never subscribes or commits: the group id only selects whose offsets are read;
-        # a READER reads them without waiting for open transactions to settle.
-        consumer = make_consumer(self._kafka_config, ConsumerRole.READER, self._group)
-        self._refresh(consumer)
+        reader = GroupBacklog(self._kafka_config, self._group)
+        self._refresh(reader)
         self._thread = threading.Thread(
-            target=self._run, args=(consumer,), name="backlog", daemon=True
+            target=self._run, args=(reader,), name="backlog", daemon=True
         )
         self._thread.start()
 
@@ -113,18 +136,16 @@ class BacklogMonitor:
         with self._lock:
             self._published_since[lane] += count
 
-    def _run(self, consumer: Consumer) -> None:
-        try:
+    def _run(self, reader: GroupBacklog) -> None:
+        with reader:
             while not self._stop.wait(self._refresh_s):
-                self._refresh(consumer)
-        finally:
-            consumer.close()
+                self._refresh(reader)
 
-    def _refresh(self, consumer: Consumer) -> None:
+    def _refresh(self, reader: GroupBacklog) -> None:
         with self._lock:
             pending = dict(self._published_since)
         try:
-            measured = measure_backlog(consumer, self._topic, self._layout)
+            measured = reader.by_lane(self._topic, self._layout)
         except KafkaException as exc:
             # Admission then refuses (backlog unknown) rather than guessing; see backlog().
             self.last_error = str(exc)

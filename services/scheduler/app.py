@@ -13,13 +13,12 @@ import time
 from typing import Any
 
 import faust
-from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from services.codec import HEARTBEAT, JOB, codec
 from services.errors import DecodeError, KbatchError
-from services.kafka.consumers import ConsumerRole, make_consumer
-from services.kafka.lag import end_offsets, partition_backlog
+from services.kafka.lag import GroupBacklog
 from services.kafka.producer import AsyncProducer
 from services.kafka.topics import TopicSpec, ensure_topics
 from services.lifecycle import exit_now, wait_event
@@ -85,7 +84,7 @@ class SchedulerService:
             self._read_backlog,
             self.options.heartbeat_timeout_s,
         )
-        self._backlog_consumer: Consumer | None = None
+        self._backlog_reader: GroupBacklog | None = None
         self._heartbeat_position = -1  # of the last heartbeat taken (stall watchdog)
         self._wire()
 
@@ -159,8 +158,8 @@ class SchedulerService:
             with self.producer:
                 await self._assign_forever()
         finally:
-            if self._backlog_consumer is not None:
-                self._backlog_consumer.close()
+            if self._backlog_reader is not None:
+                self._backlog_reader.close()
 
     async def _assign_forever(self) -> None:
         latest = await asyncio.to_thread(
@@ -193,8 +192,8 @@ class SchedulerService:
         while True:
             await asyncio.sleep(5)
             try:
-                consumer = self._backlog_consumer_or_new()
-                [end] = (await asyncio.to_thread(end_offsets, consumer, topic, [0])).values()
+                reader = self._backlog_reader_or_new()
+                [end] = (await asyncio.to_thread(reader.end_offsets, topic, [0])).values()
             except KafkaException as exc:
                 log.warning("watchdog cannot read end offsets", error=str(exc))
                 continue
@@ -215,21 +214,17 @@ class SchedulerService:
             return
         metrics.PASSES.labels("ok").inc()
 
-    def _backlog_consumer_or_new(self) -> Consumer:
-        if self._backlog_consumer is None:
-            # Never subscribes or commits: the group id only selects whose offsets are read.
-            # A READER is read_uncommitted: read_committed makes committed() wait for
-            # stable offsets, i.e. for a dead worker's open transaction to time out
-            # (60 s), and the pass that would hand its partitions on waited with it.
-            self._backlog_consumer = make_consumer(
-                self.settings.kafka_config(), ConsumerRole.READER, self.settings.inference_group
+    def _backlog_reader_or_new(self) -> GroupBacklog:
+        if self._backlog_reader is None:
+            self._backlog_reader = GroupBacklog(
+                self.settings.kafka_config(), self.settings.inference_group
             )
-        return self._backlog_consumer
+        return self._backlog_reader
 
     def _read_backlog(self) -> dict[int, int]:
         topics = self.settings.topics
-        return partition_backlog(
-            self._backlog_consumer_or_new(), topics.requests, topics.lane_layout().total
+        return self._backlog_reader_or_new().by_partition(
+            topics.requests, topics.lane_layout().total
         )
 
 

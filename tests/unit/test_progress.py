@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -86,3 +87,23 @@ def test_room_never_lets_a_bound_be_passed(
     paused = paused_partitions(state, owned, releasing={3})
     # Only a worker taking no work at all pauses everything; a full cap just stops taking.
     assert paused == (owned if not accepting else {3})
+
+
+def test_a_reached_end_moves_the_commit_past_markers_once_below_it_finished() -> None:
+    """Offsets 12 and 13 are a transaction's commit marker and an aborted record: the
+    consumer reports reaching 14 with nothing more delivered."""
+    progress: PartitionProgress[str] = PartitionProgress(10)
+    progress.started(10)
+    progress.started(11)
+    progress.reached(14)
+    progress.reached(12)  # an older end seen late changes nothing
+    assert progress.next_to_consume == 14
+    progress.finished(11, ["b"])
+    assert progress.plan() is None  # 10 is still in flight
+    progress.finished(10, ["a"])
+    plan = progress.plan()
+    assert plan is not None and (plan.next_offset, plan.outputs) == (14, ["a", "b"])
+    progress.committed(plan)
+    assert progress.plan() is None
+    with pytest.raises(ValueError):
+        progress.started(13)

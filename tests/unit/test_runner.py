@@ -26,12 +26,14 @@ class FailingFirst:
     def __init__(self, *errors: Exception) -> None:
         self.errors = list(errors)
         self.attempts_seen: list[int] = []
+        self.priorities_seen: list[str] = []
 
     async def start(self) -> None:
         return None
 
     async def generate(self, request: EngineRequest) -> EngineOutput:
         self.attempts_seen.append(request.attempt)
+        self.priorities_seen.append(request.priority)
         if self.errors:
             raise self.errors.pop(0)
         return EngineOutput(prompt_tokens=3, completion_tokens=2, text="ok")
@@ -56,6 +58,19 @@ async def test_a_request_that_succeeds_calls_the_engine_once() -> None:
     engine = FailingFirst()
     topic, result = await run_with(engine)
     assert (topic, result["attempt"], engine.attempts_seen) == ("results", 1, [0])
+
+
+async def test_a_share_taken_record_runs_at_the_busy_lanes_engine_priority() -> None:
+    """The engine schedules it as the busy lane; its result still names its own lane."""
+    engine = FailingFirst()
+    config = RunnerConfig("w", "results", "dlq", MAX_ATTEMPTS, 0.0, 0.0)
+    record = request_record("job", 1, lane="low", max_tokens=2)
+    origin = Origin("requests", 3, 7, b"key", b"value", 0)
+    [output] = await RequestRunner(engine, config).run(origin, record, "high")
+    [plain] = await RequestRunner(engine, config).run(origin, record)
+    assert engine.priorities_seen == ["high", "low"]
+    assert codec(RESULT).decode(output.value)["priority"] == "low"
+    assert codec(RESULT).decode(plain.value)["priority"] == "low"
 
 
 @pytest.mark.parametrize("failures", [1, MAX_ATTEMPTS - 1])

@@ -38,7 +38,9 @@ class EngineRequest:
         return f"{self.request_id}:{self.attempt}"
 
     @classmethod
-    def from_record(cls, record: dict[str, Any], attempt: int = 0) -> EngineRequest:
+    def from_record(
+        cls, record: dict[str, Any], attempt: int = 0, priority: str | None = None
+    ) -> EngineRequest:
         body = record["body"]
         sampling = {key: body[key] for key in SAMPLING_FIELDS if body.get(key) not in (None, [])}
         return cls(
@@ -50,7 +52,7 @@ class EngineRequest:
             input=body.get("input"),
             sampling=sampling,
             attempt=attempt,
-            priority=record["priority"],
+            priority=priority or record["priority"],
         )
 
 
