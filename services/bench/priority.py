@@ -23,7 +23,7 @@ from typing import Any
 import typer
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-from services.bench.measure import OutOption, bench_broker, emit, run_facts
+from services.bench.measure import STATE, OutOption, bench_broker, emit, run_facts
 from services.codec import REQUEST, codec, results_codec
 from services.harness.kafka import unique_topics, wait_for
 from services.harness.pipeline import publish_to, request_record, start_worker
@@ -108,7 +108,7 @@ def timed_high_job(
 def engine_env(engine: str) -> dict[str, str]:
     if engine == "simulated":
         return {"ENGINE": "simulated"}
-    model = ensure_tiny_model(Path(".kbatch") / "models")
+    model = ensure_tiny_model(STATE / "models")
     return {"ENGINE": "llamacpp", "MODEL": str(model)}
 
 

@@ -226,9 +226,6 @@ def test_up_runs_every_lane_from_http_and_kafka_to_the_end(bootstrap: str, tmp_p
     try:
         state = wait_all_running(env, data_dir, up)
         client = openai.OpenAI(base_url=state["openai_base_url"], api_key="unused", max_retries=0)
-        kafka_jobs = {"kafka-high": "high", "kafka-low": "low"}
-        for job, lane in kafka_jobs.items():
-            submit_job(bootstrap, topics, job, lane, 400)
         batches = {
             lane: client.batches.create(
                 input_file_id=upload(
@@ -240,6 +237,12 @@ def test_up_runs_every_lane_from_http_and_kafka_to_the_end(bootstrap: str, tmp_p
             )
             for lane in ("high", "normal", "low")
         }
+        for batch in batches.values():  # every line published: what follows comes after
+            wait_status(client, batch.id, {"in_progress", "finalizing", "completed"}, 60)
+        # Kafka-native jobs last, so a transaction's commit marker ends each high partition.
+        kafka_jobs = {"kafka-high": "high", "kafka-low": "low"}
+        for job, lane in kafka_jobs.items():
+            submit_job(bootstrap, topics, job, lane, 400)
         for lane, batch in batches.items():
             ended = wait_status(client, batch.id, {"completed", "failed", "expired"}, 120)
             assert ended.status == "completed", (lane, ended)
