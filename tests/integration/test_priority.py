@@ -109,7 +109,7 @@ def test_low_job_finishes_right_after_a_high_job_submitted_through_kafka(
 def test_low_job_finishes_right_after_a_replayed_high_job(bootstrap: str, tmp_path: Path) -> None:
     """`kbatch dlq replay` republishes dead letters in transactions."""
     topics = unique_topics(bootstrap, **LANES)
-    high = [request_record("replayed", i, lane="high", max_tokens=40) for i in range(200)]
+    high = [request_record("replayed", i, lane="high", max_tokens=40) for i in range(1000)]
     publish_to(bootstrap, topics, high, [HIGH])
     # A worker whose engine holds 32 tokens dead-letters every one of them.
     narrow, _ = start_worker(
@@ -123,10 +123,12 @@ def test_low_job_finishes_right_after_a_replayed_high_job(bootstrap: str, tmp_pa
     env = {**shared_env(bootstrap, topics), "KBATCH_LOG_LEVEL": "WARNING", "COLUMNS": "300"}
     replayed = kbatch(env, "dlq", "replay")
     assert f"{len(high)} to replay" in " ".join(replayed.split())
-    low = [request_record("low", i, lane="low", max_tokens=4) for i in range(300)]
-    publish_to(bootstrap, topics, low, [LOW])
     worker, _ = start_worker(bootstrap, topics, tmp_path, "w", BOTH, **FAST)
     try:
+        # The low job arrives while the replayed one runs (about 2.5 s): behind it.
+        wait_for(lambda: outcomes(bootstrap, topics, 0, timeout_s=0).results, 30, "a result")
+        low = [request_record("low", i, lane="low", max_tokens=4) for i in range(600)]
+        publish_to(bootstrap, topics, low, [LOW])
         done = completion_times(bootstrap, topics, {"replayed": len(high), "low": len(low)}, 90)
     finally:
         assert worker.terminate() == 0, worker.log()
