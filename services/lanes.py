@@ -19,6 +19,11 @@ class Lane(StrEnum):
 LANE_ORDER: tuple[Lane, ...] = (Lane.HIGH, Lane.NORMAL, Lane.LOW)
 
 
+def lane_rank(priority: str) -> int:
+    """0 for high, 1 for normal, 2 for low: engines that queue by priority serve 0 first."""
+    return LANE_ORDER.index(Lane(priority))
+
+
 @dataclass(frozen=True)
 class LaneLayout:
     """How many partitions each lane owns; high first, then normal, then low."""

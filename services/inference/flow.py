@@ -47,7 +47,7 @@ class LaneGate:
     """This round's lane decision: partitions held back, and a cap on records taken."""
 
     held: frozenset[int] = frozenset()
-    budget: int | None = None  # the lower lanes' owed share while they are let in
+    budget: int | None = None  # the records owed to the lower lanes, in their turn
     busy_rank: int | None = None  # the best lane with records waiting (LANE_ORDER index)
 
 
@@ -58,10 +58,12 @@ def lane_gate(
     share they are owed (`credit`, in records: see `lane_credit`).
 
     A worker holding high and low partitions works on the low ones only when the high
-    ones have nothing waiting, or when the low lanes' minimum share has earned them a
-    record; then every lane is let in for at most the records owed, so that a round
-    cannot take more lower-lane records than the share. An unknown backlog (not
-    measured yet) counts as none.
+    ones have nothing waiting, or when the low lanes' minimum share has earned them
+    records: then it is the other way round for at most the records owed. The busy
+    lane pauses for that turn because the consumer hands records over from one queue:
+    its prefetched records, thousands under a backlog, would all come before the lower
+    lanes' (measured: a share of 0 while high ran). An unknown backlog (not measured
+    yet) counts as none.
     """
     waiting = {p for p, n in backlog.items() if n and p in lanes}
     if not waiting:
@@ -71,7 +73,7 @@ def lane_gate(
     lower = frozenset(p for p, r in rank.items() if r > best)
     owed = int(credit)
     if owed >= 1 and lower & waiting:
-        return LaneGate(frozenset(), owed, best)
+        return LaneGate(frozenset(lanes) - lower, owed, best)
     return LaneGate(lower, None, best)
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -67,6 +68,31 @@ async def test_simulated_engine_reaches_most_of_its_closed_form_ideal() -> None:
     ideal = 64 / ideal_requests_per_s(options, mean_steps=4)  # 8 batches x 4 steps x 5 ms
     assert elapsed >= ideal * 0.98  # never faster than the cost model allows
     assert elapsed < ideal * 3  # and the stepping loop does not stall
+
+
+async def test_simulated_engine_admits_waiting_sequences_high_lane_first() -> None:
+    """One slot: a low request runs; another low and then a high one wait; the high one
+    joins the batch next (no preemption of what runs)."""
+    engine = SimulatedEngine(SimulatedEngineOptions(step_s=0.005, max_num_seqs=1))
+    await engine.start()
+    finished: list[str] = []
+
+    async def run(request: EngineRequest) -> None:
+        await engine.generate(request)
+        finished.append(request.request_id)
+
+    try:
+        running = asyncio.create_task(run(replace(chat("low-1"), priority="low")))
+        while engine.running < 1:  # until it holds the one slot
+            await asyncio.sleep(0.001)
+        queued = [
+            asyncio.create_task(run(replace(chat(name), priority=lane)))
+            for name, lane in (("low-2", "low"), ("normal-1", "normal"), ("high-1", "high"))
+        ]
+        await asyncio.gather(running, *queued)
+    finally:
+        await engine.close()
+    assert finished == ["low-1", "high-1", "normal-1", "low-2"]
 
 
 async def test_simulated_engine_refuses_prompts_past_the_context_length() -> None:

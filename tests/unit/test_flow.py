@@ -26,9 +26,11 @@ def test_lower_lanes_wait_while_a_higher_lane_has_backlog() -> None:
     assert lane_gate(LANES, {0: None, 1: None}) == LaneGate()
 
 
-def test_owed_share_lets_every_lane_in_for_the_records_owed_only() -> None:
+def test_an_owed_share_turns_the_gate_round_for_the_records_owed() -> None:
     gate = lane_gate(LANES, {0: 5, 1: 0, 2: 9, 3: 0}, credit=2.7)
-    assert gate == LaneGate(frozenset(), budget=2, busy_rank=0)
+    assert gate == LaneGate(frozenset({0}), budget=2, busy_rank=0)
+    gate = lane_gate(LANES, {0: 0, 1: 5, 2: 9, 3: 0}, credit=1)
+    assert gate == LaneGate(frozenset({0, 1}), budget=1, busy_rank=1)
     # Owed, but no lower lane has anything waiting: they stay held, nothing is capped.
     assert lane_gate(LANES, {0: 5, 1: 0, 2: 0, 3: 0}, credit=3).held == {1, 2, 3}
     assert lane_gate(LANES, {0: 5, 1: 0, 2: 9, 3: 0}, credit=0.99).held == {1, 2, 3}
@@ -40,11 +42,12 @@ def test_strict_priority_owes_nothing() -> None:
 
 
 def _saturated_rounds(
-    share: float, burst: int, rounds: list[int], fair: bool
+    share: float, burst: int, rounds: list[int], prompt: bool
 ) -> tuple[int, int, int, float]:
     """Two lanes that never empty (high rank 0, low rank 2); each round takes up to the
-    drawn count, within the gate's budget: low records first when `fair`, else the
-    low records arrive last (what a fetch round trip after a resume does).
+    drawn count, from the lanes the gate lets in, within its budget. In the low lanes'
+    turn their records come at once when `prompt`, else a drawn count of them, none
+    included (a fetch round trip after a resume).
     Returns (high taken, low taken, the most low records owed at once, owed at the end)."""
     credit, high, low, most = 0.0, 0, 0, 0
     lanes = {0: Lane.HIGH, 1: Lane.LOW}
@@ -52,11 +55,11 @@ def _saturated_rounds(
         gate = lane_gate(lanes, {0: 1, 1: 1}, credit)
         most = max(most, int(credit))
         if gate.budget is None:
+            assert gate.held == {1}
             taken = {0: drawn}
         else:
-            n = min(drawn, gate.budget)
-            low_n = n if fair else max(0, n - drawn + 1)
-            taken = {0: n - low_n, 2: low_n}
+            assert gate.held == {0}
+            taken = {2: gate.budget if prompt else min(drawn - 1, gate.budget)}
         high += taken.get(0, 0)
         low += taken.get(2, 0)
         credit = lane_credit(credit, share, gate.busy_rank, taken, burst)
@@ -67,12 +70,12 @@ def _saturated_rounds(
     share=st.sampled_from([0.01, 0.05, 0.1, 0.25, 0.5]),
     burst=st.integers(1, 64),
     rounds=st.lists(st.integers(1, 500), min_size=1, max_size=300),
-    fair=st.booleans(),
+    prompt=st.booleans(),
 )
 def test_lower_lanes_never_take_more_than_their_share(
-    share: float, burst: int, rounds: list[int], fair: bool
+    share: float, burst: int, rounds: list[int], prompt: bool
 ) -> None:
-    high, low, most, _ = _saturated_rounds(share, burst, rounds, fair)
+    high, low, most, _ = _saturated_rounds(share, burst, rounds, prompt)
     assert low <= share * (high + low) + 1e-6
     assert most <= burst
 
@@ -87,7 +90,7 @@ def test_lower_lanes_get_their_share_when_their_records_are_there(
     """Taking a few records per round (a full engine frees slots one by one), the low
     lane gets its share, short only of what it is owed now, which the next round lets
     in: never more than one record plus one round's earnings."""
-    high, low, _, owed = _saturated_rounds(share, 64, rounds, fair=True)
+    high, low, _, owed = _saturated_rounds(share, 64, rounds, prompt=True)
     assert abs(low - (share * (high + low) - (1 - share) * owed)) < 1e-6
     assert owed < 1 + max(rounds) * share / (1 - share) + 1e-6
 

@@ -21,9 +21,10 @@ KBATCH_INFERENCE__ENGINE=llamacpp (pip install kbatch[llamacpp]).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import queue
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -44,6 +45,7 @@ from services.inference.engines.openai_params import (
     sampling_kwargs,
 )
 from services.inference.settings import InferenceOptions, LlamaCppEngineOptions
+from services.lanes import LANE_ORDER, lane_rank
 
 # OpenAI's documented defaults; llama-cpp-python's own (temperature 0.2, top_p 0.95)
 # would answer a line that sets neither differently from every other engine.
@@ -87,6 +89,15 @@ def load_llama(path: str, options: LlamaCppEngineOptions) -> llama_cpp.Llama:
         raise ConfigurationError(f"llama.cpp could not load {path}: {exc}") from exc
 
 
+@dataclass(frozen=True, order=True)
+class _Queued:
+    """A queue entry: the highest lane first, then in arrival order; `job` None closes."""
+
+    rank: int
+    arrival: int
+    job: _Job | None = field(compare=False)
+
+
 @dataclass(frozen=True)
 class _Job:
     request: EngineRequest
@@ -105,7 +116,8 @@ def _settle(job: _Job, output: EngineOutput | None, error: BaseException | None)
 
 
 class LlamaCppEngine:
-    """`instances` threads, each owning one `Llama`, taking requests from one queue.
+    """`instances` threads, each owning one `Llama`, taking requests from one queue
+    (the highest lane first, then in arrival order).
 
     A thread starts the next queued request the moment it finishes one, without a
     round trip through the event loop (handing instances out from the loop left the
@@ -118,7 +130,8 @@ class LlamaCppEngine:
         self.served_model = served_model
         self._path = model_path
         self._options = options
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._jobs: queue.PriorityQueue[_Queued] = queue.PriorityQueue()
+        self._arrivals = itertools.count()
         self._threads: list[threading.Thread] = []
         self._running = 0
 
@@ -149,7 +162,7 @@ class LlamaCppEngine:
     def _serve(self, instance: llama_cpp.Llama) -> None:
         """One instance's thread: requests in queue order until the closing sentinel."""
         try:
-            while (job := self._jobs.get()) is not None:
+            while (job := self._jobs.get().job) is not None:
                 if job.done.cancelled():
                     continue  # cancelled while queued: never decoded
                 output: EngineOutput | None = None
@@ -172,7 +185,8 @@ class LlamaCppEngine:
 
     async def close(self) -> None:
         for _ in self._threads:
-            self._jobs.put(None)
+            # After every queued request, whatever its lane.
+            self._jobs.put(_Queued(len(LANE_ORDER), next(self._arrivals), None))
         # Each thread finishes the request it decodes (there is no abort), then exits.
         await asyncio.gather(*(asyncio.to_thread(t.join) for t in self._threads))
         self._threads.clear()
@@ -181,7 +195,7 @@ class LlamaCppEngine:
         check_task(self.name, self._options.task, self.served_model, request.endpoint)
         loop = asyncio.get_running_loop()
         job = _Job(request, loop.create_future(), loop)
-        self._jobs.put(job)
+        self._jobs.put(_Queued(lane_rank(request.priority), next(self._arrivals), job))
         self._running += 1
         try:
             return await job.done

@@ -2,7 +2,8 @@
 
 Continuous batching like a real engine: up to `max_num_seqs` sequences advance
 together by `tokens_per_step` tokens every `step_s` seconds; a finished
-sequence frees its slot at once and a waiting one joins at the next step. With
+sequence frees its slot at once and a waiting one joins at the next step, the
+highest lane first (as vLLM's priority scheduling, without preemption). With
 slots always full, the ideal throughput is
 
     requests/s = max_num_seqs / (step_s * mean(ceil(output_tokens / tokens_per_step)))
@@ -14,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import heapq
+import itertools
 import math
 import struct
 import time
-from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.errors import (
     EngineDeadError,
@@ -28,6 +30,7 @@ from services.errors import (
 )
 from services.inference.engines.base import EngineOutput, EngineRequest
 from services.inference.settings import InferenceOptions, SimulatedEngineOptions
+from services.lanes import lane_rank
 
 EMBEDDING_DIMENSIONS = 8
 
@@ -81,10 +84,12 @@ def _injected_transient(request: EngineRequest, rate: float) -> bool:
     return draw / 2**32 < rate
 
 
-@dataclass
+@dataclass(order=True)
 class _Sequence:
-    steps_left: int
-    done: asyncio.Future[None]
+    rank: int  # its lane's: waiting sequences join the batch high lane first, then in order
+    arrival: int
+    steps_left: int = field(compare=False)
+    done: asyncio.Future[None] = field(compare=False)
 
 
 class SimulatedEngine:
@@ -97,7 +102,8 @@ class SimulatedEngine:
         self._options = options
         self._concurrency = options.max_num_seqs
         self._active: list[_Sequence] = []
-        self._waiting: deque[_Sequence] = deque()
+        self._waiting: list[_Sequence] = []  # a heap
+        self._arrivals = itertools.count()
         self._wake = asyncio.Event()
         self._stepper: asyncio.Task[None] | None = None
         self._served = 0
@@ -129,7 +135,7 @@ class SimulatedEngine:
         prompt = prompt_text(request)
         prompt_tokens = count_tokens(prompt)
         if request.endpoint == "/v1/embeddings":
-            await self._run_steps(1)
+            await self._run_steps(1, request)
             return EngineOutput(prompt_tokens, 0, embedding=simulated_embedding(prompt))
         tokens = output_tokens(request, self._options)
         if prompt_tokens + tokens > self._options.max_model_len:
@@ -137,7 +143,7 @@ class SimulatedEngine:
                 f"prompt ({prompt_tokens} tokens) + max_tokens ({tokens}) exceeds the model's "
                 f"context length {self._options.max_model_len}"
             )
-        await self._run_steps(steps_for(tokens, self._options.tokens_per_step))
+        await self._run_steps(steps_for(tokens, self._options.tokens_per_step), request)
         return EngineOutput(
             prompt_tokens, tokens, text=simulated_text(request, tokens), finish_reason="length"
         )
@@ -162,17 +168,22 @@ class SimulatedEngine:
                 f"simulated CUDA out of memory at {len(self._active) + 1} sequences"
             )
 
-    async def _run_steps(self, steps: int) -> None:
+    async def _run_steps(self, steps: int, request: EngineRequest) -> None:
         if self._options.step_s == 0:
             return  # zero-cost engine: measures the worker's message path alone
-        sequence = _Sequence(steps, asyncio.get_running_loop().create_future())
-        self._waiting.append(sequence)
+        sequence = _Sequence(
+            lane_rank(request.priority),
+            next(self._arrivals),
+            steps,
+            asyncio.get_running_loop().create_future(),
+        )
+        heapq.heappush(self._waiting, sequence)
         self._wake.set()
         await sequence.done
 
     def _admit_waiting(self) -> None:
         while self._waiting and len(self._active) < self._concurrency:
-            sequence = self._waiting.popleft()
+            sequence = heapq.heappop(self._waiting)
             if not sequence.done.cancelled():
                 self._active.append(sequence)
 
