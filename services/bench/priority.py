@@ -28,7 +28,7 @@ from services.bench.measure import STATE, OutOption, bench_broker, emit, run_fac
 from services.codec import REQUEST, codec, results_codec
 from services.harness.kafka import unique_topics, wait_for
 from services.harness.pipeline import publish_to, request_record, start_worker
-from services.inference.settings import InferenceOptions
+from services.inference.settings import InferenceOptions, served_name_of
 from services.kafka.consumers import ConsumerRole, make_consumer
 from services.kafka.transactions import OutRecord, TransactionalProducer
 from services.models.tiny import ensure_tiny_model
@@ -37,6 +37,8 @@ from services.settings import TopicSettings
 HIGH, LOW = 0, 2  # partitions of one high, one normal and one low lane
 GOAL_HIGH_RATIO = 1.2
 LOW_WINDOW_S = 5.0  # the low job's throughput alone, measured over this long
+# Output tokens per request, per engine: short answers keep the llamacpp runs minutes long.
+MAX_TOKENS = {"simulated": 32, "llamacpp": 4}
 
 
 class ResultClock:
@@ -95,42 +97,53 @@ def publish_in_transactions(
         producer.close()
 
 
+def job_records(job: str, count: int, lane: str, model: str, tokens: int) -> list[dict[str, Any]]:
+    return [
+        {**request_record(job, i, lane=lane, max_tokens=tokens), "model": model}
+        for i in range(count)
+    ]
+
+
 def timed_high_job(
-    bootstrap: str, topics: TopicSettings, clock: ResultClock, job: str, count: int, tokens: int
+    bootstrap: str, topics: TopicSettings, clock: ResultClock, records: list[dict[str, Any]]
 ) -> tuple[float, float]:
     """Publish a high job and wait for all its results: (published at, seconds taken)."""
-    records = [request_record(job, i, lane="high", max_tokens=tokens) for i in range(count)]
+    job, count = records[0]["job_id"], len(records)
     started = time.monotonic()
     publish_in_transactions(bootstrap, topics.requests, records, HIGH)
     wait_for(lambda: clock.count(job) >= count, 900, f"the {job} job", 0.05)
     return started, clock.times(job)[-1] - started
 
 
-def engine_env(engine: str) -> dict[str, str]:
+def engine_env(engine: str) -> tuple[dict[str, str], str]:
+    """The worker's settings for `engine`, and the model name it serves."""
     if engine == "simulated":
-        return {"ENGINE": "simulated"}
+        return {"ENGINE": "simulated"}, "kbatch-sim"
     model = ensure_tiny_model(STATE / "models")
-    return {"ENGINE": "llamacpp", "MODEL": str(model)}
+    return {"ENGINE": "llamacpp", "MODEL": str(model)}, served_name_of(str(model))
 
 
 def one_run(
-    bootstrap: str, out: Path, engine: str, index: int, high: int, low: int, tokens: int
+    bootstrap: str, out: Path, engine: str, index: int, high: int, low: int
 ) -> dict[str, float]:
     topics = unique_topics(
         bootstrap, high_partitions=1, normal_partitions=1, low_partitions=1, results_partitions=1
     )
     name = f"prio-{engine}-{index}"
-    worker, _ = start_worker(bootstrap, topics, out, name, f"{HIGH},{LOW}", **engine_env(engine))
+    env, model = engine_env(engine)
+    worker, _ = start_worker(bootstrap, topics, out, name, f"{HIGH},{LOW}", **env)
     try:
         with ResultClock(bootstrap, topics.results) as clock:
-            _, alone_s = timed_high_job(bootstrap, topics, clock, "alone", high, tokens)
-            low_job = [request_record("low", i, lane="low", max_tokens=tokens) for i in range(low)]
+            alone = job_records("alone", high, "high", model, MAX_TOKENS[engine])
+            _, alone_s = timed_high_job(bootstrap, topics, clock, alone)
+            low_job = job_records("low", low, "low", model, MAX_TOKENS[engine])
             publish_to(bootstrap, topics, low_job, [LOW])
             wait_for(lambda: clock.count("low") >= 50, 300, "the low job under way", 0.05)
             window_start = time.monotonic()
             time.sleep(LOW_WINDOW_S)  # a measuring window, not a wait for a condition
             low_alone = clock.count("low", since=window_start) / LOW_WINDOW_S
-            started, beside_s = timed_high_job(bootstrap, topics, clock, "beside", high, tokens)
+            beside = job_records("beside", high, "high", model, MAX_TOKENS[engine])
+            started, beside_s = timed_high_job(bootstrap, topics, clock, beside)
             low_during = clock.count("low", since=started, until=started + beside_s)
             # The steady part of the high run: past the low requests that were already
             # in the engine when it arrived, before its tail.
@@ -159,14 +172,11 @@ def summary(runs: list[dict[str, float]]) -> dict[str, float]:
 
 
 def measure(out: Path, engines: list[str], runs: int, high: int, low: int) -> dict[str, Any]:
-    tokens = {"simulated": 32, "llamacpp": 4}
     results: dict[str, Any] = {}
     with bench_broker() as bootstrap:
         for engine in engines:
-            rows = [
-                one_run(bootstrap, out, engine, i, high, low, tokens[engine]) for i in range(runs)
-            ]
-            results[engine] = {"max_tokens": tokens[engine], "runs": rows, **summary(rows)}
+            rows = [one_run(bootstrap, out, engine, i, high, low) for i in range(runs)]
+            results[engine] = {"max_tokens": MAX_TOKENS[engine], "runs": rows, **summary(rows)}
     return {
         **run_facts(),
         "lower_lane_share": InferenceOptions().lower_lane_share,

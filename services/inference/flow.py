@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.lanes import LANE_ORDER, Lane
 
@@ -44,37 +45,62 @@ def paused_partitions(
 
 @dataclass(frozen=True)
 class LaneGate:
-    """This round's lane decision: partitions held back, and a cap on records taken."""
+    """This round's lane decision."""
 
-    held: frozenset[int] = frozenset()
-    budget: int | None = None  # the records owed to the lower lanes, in their turn
     busy_rank: int | None = None  # the best lane with records waiting (LANE_ORDER index)
+    paused: frozenset[int] = frozenset()  # lower-lane partitions not to fetch from now
 
 
 def lane_gate(
-    lanes: Mapping[int, Lane], backlog: Mapping[int, int | None], credit: float = 0.0
+    lanes: Mapping[int, Lane],
+    backlog: Mapping[int, int | None],
+    held: int,
+    hold_window: int,
 ) -> LaneGate:
-    """Hold lower lanes back while a higher lane has records waiting, except for the
-    share they are owed (`credit`, in records: see `lane_credit`).
+    """The best lane with records waiting, and the lower-lane partitions to pause.
 
-    A worker holding high and low partitions works on the low ones only when the high
-    ones have nothing waiting, or when the low lanes' minimum share has earned them
-    records: then it is the other way round for at most the records owed. The busy
-    lane pauses for that turn because the consumer hands records over from one queue:
-    its prefetched records, thousands under a backlog, would all come before the lower
-    lanes' (measured: a share of 0 while high ran). An unknown backlog (not measured
-    yet) counts as none.
+    While a higher lane has records waiting, lower-lane records the worker takes are
+    held (see `starts_now`), up to `hold_window` of them; past it their partitions
+    pause. They are taken rather than left to the consumer because it hands records
+    over from one queue: a paused busy lane (to let the lower ones through) lost its
+    prefetched records, and a refetch on every turn cut a fast engine's high lane to a
+    fifth; lower lanes left unpaused with nothing taken put thousands of their records
+    in front of the high lane's. An unknown backlog (not measured yet) counts as none.
     """
     waiting = {p for p, n in backlog.items() if n and p in lanes}
     if not waiting:
         return LaneGate()
     rank = {p: LANE_ORDER.index(lane) for p, lane in lanes.items()}
     best = min(rank[p] for p in waiting)
-    lower = frozenset(p for p, r in rank.items() if r > best)
-    owed = int(credit)
-    if owed >= 1 and lower & waiting:
-        return LaneGate(frozenset(lanes) - lower, owed, best)
-    return LaneGate(lower, None, best)
+    if held < hold_window:
+        return LaneGate(best)
+    return LaneGate(best, frozenset(p for p, r in rank.items() if r > best))
+
+
+def starts_now(lane_rank: int, busy_rank: int | None, owed: int) -> bool:
+    """Whether a taken record runs now, or is held until its lane is owed a record."""
+    return busy_rank is None or lane_rank <= busy_rank or owed >= 1
+
+
+@dataclass
+class LaneRound:
+    """One round of taking records: what is owed to lower lanes and what was started."""
+
+    busy_rank: int | None
+    owed: int
+    started: Counter[int] = field(default_factory=Counter)  # records run, by lane rank
+
+    def take(self, lane_rank: int) -> str | None:
+        """Count a record run now; the engine priority it runs at, when not its own's.
+
+        A lower-lane record run for its share while a higher lane is busy runs at the
+        busy lane's priority: an engine that schedules by priority (vLLM) would
+        otherwise keep it waiting behind that lane, and the share with it."""
+        self.started[lane_rank] += 1
+        if self.busy_rank is None or lane_rank <= self.busy_rank:
+            return None
+        self.owed -= 1
+        return LANE_ORDER[self.busy_rank].value
 
 
 def lane_credit(

@@ -7,6 +7,10 @@ from prometheus_client import Counter, Gauge, Histogram
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 IN_FLIGHT = Gauge("kbatch_inference_in_flight_requests", "Requests handed to the engine")
+HELD = Gauge(
+    "kbatch_inference_held_requests",
+    "Lower-lane requests taken and waiting for their lane's share while a higher lane is busy",
+)
 BATCH_SIZE = Gauge("kbatch_inference_batch_size", "Sequences the engine runs right now")
 ENGINE_CONCURRENCY = Gauge(
     "kbatch_inference_engine_concurrency", "Sequences the engine may run together"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections import Counter
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,10 +46,12 @@ from services.inference.engines.base import Engine
 from services.inference.flow import (
     FlowState,
     LaneGate,
+    LaneRound,
     lane_credit,
     lane_gate,
     paused_partitions,
     room,
+    starts_now,
 )
 from services.inference.hung_calls import HungCalls
 from services.inference.outputs import (
@@ -79,7 +81,7 @@ log = get_logger("worker")
 
 EXIT_ENGINE_DEAD = 3
 EXIT_TRANSACTION_HUNG = 4
-LANE_PROBE_S = 0.5
+LANE_PROBE_S = 0.1  # a fast engine took ~280 low records in the 0.5 s it once was
 
 
 # What commits a partition's outputs: a transaction, or (measuring only) at-least-once.
@@ -92,6 +94,9 @@ class OwnedPartition:
     txn: Committer
     progress: PartitionProgress[OutRecord]
     lane_rank: int  # its lane's index in LANE_ORDER
+    # Taken (started in progress) but not run yet: lower-lane records waiting for their
+    # lane's share while a higher lane is busy. A new owner runs them if released.
+    held: deque[Origin] = field(default_factory=deque)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     releasing: bool = False
 
@@ -125,6 +130,7 @@ class Worker:
         self._tasks: dict[asyncio.Task[None], tuple[int, str]] = {}
         self._in_flight = 0
         self._lane_credit = 0.0  # lower-lane records owed while a higher lane waits
+        self._held = 0  # records held over all owned partitions
         self._paused: set[int] = set()
         self._ends: dict[int, int] = {}  # end offsets of owned partitions, for the lane gate
         self._slot_freed = asyncio.Event()
@@ -152,8 +158,18 @@ class Worker:
 
     @property
     def _burst(self) -> int:
-        """Most lower-lane records owed at once: the share of the in-flight cap."""
-        return max(1, math.ceil(self.options.lower_lane_share * self.in_flight_cap))
+        """Most lower-lane records owed at once: what one round can earn them (a round
+        starts at most the in-flight cap), and one more."""
+        share = self.options.lower_lane_share
+        return math.ceil(self.in_flight_cap * share / (1 - share)) + 1
+
+    @property
+    def _hold_window(self) -> int:
+        """Most lower-lane records held for their share: an eighth of the uncommitted
+        window, so that held records never stop intake; none under strict priority.
+        Enough to last the consumer's queue latency: a resumed lower lane's records
+        come after everything prefetched for the busy one."""
+        return self.max_uncommitted // 8 if self.options.lower_lane_share > 0 else 0
 
     @property
     def max_uncommitted(self) -> int:
@@ -218,33 +234,33 @@ class Worker:
 
     async def _consume_once(self, stopping: bool) -> None:
         consumer = self._require_consumer()
-        flow = self._flow(stopping)
         releasing = {p for p, owned in self.owned.items() if owned.releasing}
         gate = self._lane_gate()
-        self._set_paused(paused_partitions(flow, set(self.owned), releasing, gate.held))
-        budget = room(flow) if gate.budget is None else min(room(flow), gate.budget)
-        if budget == 0 or not self.owned:
+        round_ = LaneRound(gate.busy_rank, int(self._lane_credit))
+        if self._flow(stopping).accepting:
+            self._start_held(round_)
+        flow = self._flow(stopping)
+        self._set_paused(paused_partitions(flow, set(self.owned), releasing, gate.paused))
+        budget = room(flow)
+        if budget and self.owned:
+            messages = await asyncio.get_running_loop().run_in_executor(
+                self._fetcher, consumer.consume, min(budget, 500), 0.1
+            )
+            for message in messages:
+                self._accept(message, round_)
+        else:
             self._slot_freed.clear()
             await wait_event(self._slot_freed, 0.1)
-            return
-        messages = await asyncio.get_running_loop().run_in_executor(
-            self._fetcher, consumer.consume, min(budget, 500), 0.1
-        )
-        taken: Counter[int] = Counter()
-        for message in messages:
-            lane_rank = self._accept(message, gate.busy_rank)
-            if lane_rank is not None:
-                taken[lane_rank] += 1
         self._lane_credit = lane_credit(
-            self._lane_credit, self.options.lower_lane_share, gate.busy_rank, taken, self._burst
+            self._lane_credit,
+            self.options.lower_lane_share,
+            gate.busy_rank,
+            round_.started,
+            self._burst,
         )
 
-    def _accept(self, message: Message, busy_rank: int | None) -> int | None:
-        """Take one fetched record (or event); the lane rank of a record taken.
-
-        A lower-lane record taken for its share while a higher lane is busy runs at
-        the busy lane's engine priority: an engine that schedules by priority (vLLM)
-        would otherwise keep it waiting behind that lane, and the share with it."""
+    def _accept(self, message: Message, round_: LaneRound) -> None:
+        """Take one fetched record (or event): run it now, or hold it for its lane's share."""
         error = message.error()
         partition, offset = message.partition(), message.offset()
         if error is not None:
@@ -253,20 +269,33 @@ class Worker:
                 self._reached_end(partition, offset)
             else:
                 log.warning("consume error", error=str(error))
-            return None
+            return
         assert partition is not None and offset is not None  # set on every fetched record
         part = self.owned.get(partition)
         if part is None or part.releasing:
-            return None  # fetched before the partition was released: its new owner reads it
+            return  # fetched before the partition was released: its new owner reads it
         origin = Origin(
             self.topic, partition, offset, message.key(), message.value(), replays_of(message)
         )
         part.progress.started(offset)
-        engine_priority = None
-        if busy_rank is not None and part.lane_rank > busy_rank:
-            engine_priority = LANE_ORDER[busy_rank].value
-        self._start(part, origin, engine_priority)
-        return part.lane_rank
+        if starts_now(part.lane_rank, round_.busy_rank, round_.owed):
+            self._start(part, origin, round_.take(part.lane_rank))
+        else:
+            part.held.append(origin)
+            self._held += 1
+
+    def _start_held(self, round_: LaneRound) -> None:
+        """Run held records while the round allows (their lane owed, or nothing busy),
+        within the in-flight cap; the higher lanes' and the older ones first."""
+        for part in sorted(self.owned.values(), key=lambda p: (p.lane_rank, p.partition)):
+            while (
+                part.held
+                and not part.releasing
+                and self._in_flight < self.in_flight_cap
+                and starts_now(part.lane_rank, round_.busy_rank, round_.owed)
+            ):
+                self._held -= 1
+                self._start(part, part.held.popleft(), round_.take(part.lane_rank))
 
     def _reached_end(self, partition: int, offset: int) -> None:
         """Every record below `offset` was delivered: what lay between them and `offset`
@@ -507,16 +536,26 @@ class Worker:
         """Stop taking records, let in-flight ones finish (bounded), commit, hand over."""
         part.releasing = True
         self._set_paused(self._paused | {part.partition})
-        await self._finish_in_flight(lambda: part.progress.in_flight)
+        self._drop_held(part)
+        await self._finish_in_flight(lambda: self._running_of(part.partition))
         # Left past the grace period: the engine stops them; the new owner redoes them.
         await self._cancel_tasks(part.partition)
         await self._commit(part)
         await self._forget(part)
         log.info("partition released", partition=part.partition)
 
+    def _drop_held(self, part: OwnedPartition) -> None:
+        """Held records are left to the next owner: the commit stops below them."""
+        self._held -= len(part.held)
+        part.held.clear()
+
+    def _running_of(self, partition: int) -> int:
+        return sum(1 for p, _ in self._tasks.values() if p == partition)
+
     async def _forget(self, part: OwnedPartition, close: bool = True) -> None:
         if self.owned.get(part.partition) is not part:
             return  # forgotten already: fenced while it was being released
+        self._drop_held(part)
         del self.owned[part.partition]
         self._paused.discard(part.partition)
         self._require_consumer().incremental_unassign([TopicPartition(self.topic, part.partition)])
@@ -630,10 +669,11 @@ class Worker:
             high = self._ends.get(partition, -1)
             waiting = high - part.progress.next_to_consume
             backlog[partition] = max(0, waiting) if high >= 0 else None
-        return lane_gate(lanes, backlog, self._lane_credit)
+        return lane_gate(lanes, backlog, self._held, self._hold_window)
 
     def _update_gauges(self) -> None:
         metrics.IN_FLIGHT.set(self._in_flight)
+        metrics.HELD.set(self._held)
         metrics.BATCH_SIZE.set(self.engine.running)
         metrics.UNCOMMITTED.set(sum(p.progress.uncommitted for p in self.owned.values()))
 

@@ -89,7 +89,10 @@ DASHBOARDS: tuple[Dashboard, ...] = (
         "kbatch / inference workers",
         (
             Panel("Engine batch size", ("kbatch_inference_batch_size",)),
-            Panel("In flight", ("kbatch_inference_in_flight_requests",)),
+            Panel(
+                "In flight, and held for their lane's share",
+                ("kbatch_inference_in_flight_requests", "kbatch_inference_held_requests"),
+            ),
             Panel(
                 "Output tokens /s",
                 ("sum by (instance) (rate(kbatch_inference_output_tokens_total[1m]))",),
