@@ -10,6 +10,7 @@ import json
 import re
 import statistics
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +215,11 @@ def failover_table(result: dict[str, Any]) -> str:
     return "\n".join([intro, "", *_table(columns, rows)])
 
 
+def _span(values: Iterable[float]) -> tuple[float, float]:
+    every = list(values)
+    return min(every), max(every)
+
+
 def priority_table(result: dict[str, Any]) -> str:
     """A high job beside a saturating low one, against it alone; the low lane's share."""
     goal = result["goal_high_ratio"]
@@ -228,6 +234,7 @@ def priority_table(result: dict[str, Any]) -> str:
                 statistics.median(r["high_alone_s"] for r in e["runs"]),
                 statistics.median(r["high_beside_low_s"] for r in e["runs"]),
                 f"{ratio:.2f} (≤ {goal}: {met})",
+                "{:.2f} to {:.2f}".format(*_span(r["high_ratio"] for r in e["runs"])),
                 e["median_low_alone_per_s"],
                 e["median_low_beside_high_per_s"],
                 f"{e['median_low_share']:.3f}",
@@ -245,6 +252,7 @@ def priority_table(result: dict[str, Any]) -> str:
         "high alone s",
         "high beside low s",
         "ratio (median)",
+        "ratio, each run",
         "low alone req/s",
         "low beside high req/s",
         "low share of records",
