@@ -111,11 +111,13 @@ def lane_credit(
 
     Each record of the busy lane (or above) earns share / (1 - share) of a lower-lane
     record, each lower-lane record spends one: under two saturated lanes the lower
-    ones take `share` of the records, and never more. Credit is capped at `burst`
-    records, so a lower lane that had nothing waiting cannot hoard a large batch.
+    ones take `share` of the records, and never more. What stays owed after a round is
+    capped at `burst` records, so a lower lane that had nothing waiting cannot hoard a
+    large batch; under load it never reaches the cap if `burst` exceeds one round's
+    earnings by one (a round's earnings are spent in the next).
     """
     if busy_rank is None or share <= 0:
         return credit if share > 0 else 0.0
     earned = sum(n for r, n in taken.items() if r <= busy_rank) * share / (1 - share)
     spent = sum(n for r, n in taken.items() if r > busy_rank)
-    return max(0.0, min(float(burst), credit + earned) - spent)
+    return max(0.0, min(float(burst), credit + earned - spent))

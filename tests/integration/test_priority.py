@@ -28,10 +28,10 @@ from services.harness.pipeline import (
     publish_to,
     request_record,
     shared_env,
+    start_ingest_process,
     start_worker,
 )
 from services.harness.ports import free_port
-from services.harness.processes import ServiceProcess
 from services.settings import TopicSettings
 from tests.integration.test_batch_api import upload, wait_status
 from tests.integration.test_dlq_replay import kbatch
@@ -86,15 +86,12 @@ def test_low_job_finishes_right_after_a_high_job_submitted_through_kafka(
 ) -> None:
     """Ingest publishes Kafka-native submissions in transactions: a marker closes each."""
     topics = unique_topics(bootstrap, **LANES)
-    port = free_port()
-    ingest = ServiceProcess(
-        ["ingest"],
-        {**shared_env(bootstrap, topics), "KBATCH_INGEST__HTTP_PORT": str(port)},
+    ingest, _ = start_ingest_process(
+        {**shared_env(bootstrap, topics), "KBATCH_INGEST__HTTP_PORT": str(free_port())},
         tmp_path / "ingest.log",
     )
     worker = None
     try:
-        ingest.wait_healthy(f"http://127.0.0.1:{port}/healthz")
         worker, _ = start_worker(bootstrap, topics, tmp_path, "w", BOTH, **FAST)
         submit_job(bootstrap, topics, "sub-high", "high", 300)
         submit_job(bootstrap, topics, "sub-low", "low", 300)
