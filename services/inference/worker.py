@@ -237,7 +237,7 @@ class Worker:
         releasing = {p for p, owned in self.owned.items() if owned.releasing}
         gate = self._lane_gate()
         round_ = LaneRound(gate.busy_rank, int(self._lane_credit))
-        if self._flow(stopping).accepting:
+        if self._held and self._flow(stopping).accepting:
             self._start_held(round_)
         flow = self._flow(stopping)
         self._set_paused(paused_partitions(flow, set(self.owned), releasing, gate.paused))
