@@ -32,6 +32,7 @@ from services.harness.pipeline import (
     start_worker,
 )
 from services.harness.ports import free_port
+from services.kafka.lag import GroupBacklog
 from services.settings import TopicSettings
 from tests.integration.test_batch_api import upload, wait_status
 from tests.integration.test_dlq_replay import kbatch
@@ -192,17 +193,10 @@ def test_low_job_finishes_past_an_aborted_tail_in_the_high_lane(
 
 def _aborted(bootstrap: str, topics: TopicSettings) -> bool:
     """Whether the high partition's last stable offset passed the aborted records."""
-    from confluent_kafka import OFFSET_END, TopicPartition
-
-    from services.kafka.consumers import ConsumerRole, make_consumer
-
-    reader = make_consumer({"bootstrap.servers": bootstrap}, ConsumerRole.COMMITTED_READER)
-    try:
-        [end] = reader.offsets_for_times([TopicPartition(topics.requests, HIGH, OFFSET_END)], 5)
-    finally:
-        reader.close()
+    with GroupBacklog({"bootstrap.servers": bootstrap}, f"{topics.prefix}-probe") as reader:
+        [end] = reader.end_offsets(topics.requests, [HIGH], 5).values()
     # 100 records and a commit marker, 50 aborted records and an abort marker.
-    return bool(end.offset >= 152)
+    return end >= 152
 
 
 @pytest.mark.skipif(KCAT is None, reason="kcat not installed (Debian package kcat)")
