@@ -22,7 +22,7 @@ from services.codec import REQUEST, codec
 from services.harness.kafka import unique_topics
 from services.harness.ports import free_port
 from services.harness.processes import ServiceProcess
-from services.ingest.validation import Limits, RequestContext, parse_line
+from services.ingest.admission.validation import Limits, RequestContext, parse_line
 from services.lanes import Lane
 
 

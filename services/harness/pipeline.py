@@ -17,7 +17,7 @@ from services.codec import DEAD_LETTER, REQUEST, codec, results_codec
 from services.harness.kafka import read_topic
 from services.harness.ports import free_port
 from services.harness.processes import ServiceProcess
-from services.ingest.validation import request_id_for
+from services.ingest.admission.validation import request_id_for
 from services.kafka.consumers import byte_headers
 from services.settings import TopicSettings
 

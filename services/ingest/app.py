@@ -23,23 +23,23 @@ from starlette.routing import Route
 from services.collector.collector import Collector
 from services.collector.files import FileStore
 from services.ingest import metrics
-from services.ingest.access import Action, Verdict, decide
-from services.ingest.auth import Callers, TenantAuth, is_loopback
-from services.ingest.batch_api import BatchApi
-from services.ingest.batch_book import BatchBook
-from services.ingest.batch_refresh import BatchRefresher
-from services.ingest.batch_results import BatchResults
-from services.ingest.file_api import FileApi
-from services.ingest.jobs import JobBook, JobTotals
-from services.ingest.ledger import JobLedger
-from services.ingest.models import ServedModels
-from services.ingest.openai_errors import openai_error
-from services.ingest.owned_files import OwnedFiles
+from services.ingest.admission.ledger import JobLedger
+from services.ingest.admission.submissions import SubmissionConsumer, SubmissionSetup
+from services.ingest.admission.upload import Publishing, Upload
+from services.ingest.admission.validation import Limits, RequestContext
+from services.ingest.api.batch_api import BatchApi
+from services.ingest.api.batch_results import BatchResults
+from services.ingest.api.file_api import FileApi
+from services.ingest.api.models import ServedModels
+from services.ingest.api.openai_errors import openai_error
+from services.ingest.batches.batch_book import BatchBook
+from services.ingest.batches.batch_refresh import BatchRefresher
+from services.ingest.batches.jobs import JobBook, JobTotals
 from services.ingest.settings import IngestSettings
-from services.ingest.submissions import SubmissionConsumer, SubmissionSetup
-from services.ingest.tenant_usage import TenantUsage
-from services.ingest.upload import Publishing, Upload
-from services.ingest.validation import Limits, RequestContext
+from services.ingest.tenancy.access import Action, Verdict, decide
+from services.ingest.tenancy.auth import Callers, TenantAuth, is_loopback
+from services.ingest.tenancy.owned_files import OwnedFiles
+from services.ingest.tenancy.tenant_usage import TenantUsage
 from services.kafka.lag import BacklogMonitor
 from services.kafka.producer import AsyncProducer
 from services.kafka.stats import stats_config

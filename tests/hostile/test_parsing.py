@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.codec import REQUEST, codec
-from services.ingest.validation import Limits, Rejection, RequestContext, parse_line
+from services.ingest.admission.validation import Limits, Rejection, RequestContext, parse_line
 from services.lanes import Lane
 
 CONTEXT = RequestContext("job-h", "tenant", Lane.NORMAL, 1)

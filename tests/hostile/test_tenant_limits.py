@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.codec import REQUEST, codec
 from services.harness.kafka import read_topic, wait_for
 from services.harness.pipeline import start_worker
-from services.ingest.tenant_limits import OTHER_TENANTS
+from services.ingest.tenancy.tenant_limits import OTHER_TENANTS
 from tests.integration.test_ingest import Ingest, chat_line, start_ingest
 
 pytestmark = pytest.mark.integration

@@ -28,8 +28,8 @@ from starlette.routing import Route
 from services.collector.files import FileStore
 from services.harness.kafka import wait_for
 from services.harness.pipeline import start_worker
-from services.ingest import batch_state
 from services.ingest.app import create_app
+from services.ingest.batches import batch_state
 from services.ingest.settings import IngestSettings
 from services.settings import TopicSettings
 from tests.integration.test_ingest import Ingest, chat_line, start_ingest

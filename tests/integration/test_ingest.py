@@ -15,7 +15,7 @@ from services.codec import JOB, REQUEST, Codec, codec
 from services.harness.kafka import read_topic, unique_topics, wait_for
 from services.harness.ports import free_port
 from services.harness.processes import ServiceProcess
-from services.ingest.validation import request_id_for
+from services.ingest.admission.validation import request_id_for
 from services.lanes import Lane
 from services.settings import TopicSettings
 

@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from pydantic import SecretStr, ValidationError
 
 from services.collector.files import FileStore
-from services.ingest import batch_state
-from services.ingest.access import (
+from services.ingest.batches import batch_state
+from services.ingest.settings import IngestOptions
+from services.ingest.tenancy.access import (
     Action,
     Caller,
     Role,
@@ -23,9 +24,8 @@ from services.ingest.access import (
     decide,
     owner_or_default,
 )
-from services.ingest.auth import is_loopback
-from services.ingest.owned_files import OwnedFiles
-from services.ingest.settings import IngestOptions
+from services.ingest.tenancy.auth import is_loopback
+from services.ingest.tenancy.owned_files import OwnedFiles
 
 tenants = st.sampled_from(["acme", "beta", "ops", "default", ""]) | st.text(max_size=8)
 callers = st.builds(Caller, tenants, st.sampled_from(Role))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import SecretStr
 
-from services.ingest.auth import tenant_for
+from services.ingest.tenancy.auth import tenant_for
 
 TOKENS = {"acme": SecretStr("tok-a"), "beta": SecretStr("tok-b")}
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.ingest.backpressure import admit
-from services.ingest.ledger import JobLedger
+from services.ingest.admission.backpressure import admit
+from services.ingest.admission.ledger import JobLedger
 
 counts = st.integers(0, 10_000)
 

@@ -10,8 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.collector.files import FileStore
-from services.ingest import batch_state
-from services.ingest.batch_request import (
+from services.ingest.api.batch_request import (
     MAX_EXPIRY_S,
     MAX_METADATA_KEY,
     MAX_METADATA_PAIRS,
@@ -24,7 +23,8 @@ from services.ingest.batch_request import (
     expires_after,
     form_expires_after,
 )
-from services.ingest.owned_files import OwnedFiles
+from services.ingest.batches import batch_state
+from services.ingest.tenancy.owned_files import OwnedFiles
 from services.lanes import Lane
 
 BODY: dict[str, Any] = {

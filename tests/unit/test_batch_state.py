@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.ingest import batch_state
-from services.ingest.batch_state import TERMINAL, Progress
+from services.ingest.batches import batch_state
+from services.ingest.batches.batch_state import TERMINAL, Progress
 
 # Every change of status `step` or a cancel may make; staying is always allowed.
 MOVES = {

@@ -27,7 +27,7 @@ from services.inference.engines.openai_params import is_context_length_error, sa
 from services.inference.engines.vllm_mapping import vllm_priority
 from services.inference.retry import engine_retrying
 from services.inference.settings import InferenceOptions, served_name_of
-from services.ingest.models import live_models, models_document
+from services.ingest.api.models import live_models, models_document
 
 
 def chat(**sampling: Any) -> EngineRequest:

@@ -3,7 +3,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.ingest.lines import LineSplitter, RawLine
+from services.ingest.admission.lines import LineSplitter, RawLine
 
 
 def split(data: bytes, cuts: list[int], max_bytes: int = 1000) -> list[RawLine]:

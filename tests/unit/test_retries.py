@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.ingest.batch_api import PassLines
+from services.ingest.api.batch_api import PassLines
 from services.kafka.retries import backoff_s
 
 failures = st.integers(min_value=1, max_value=10_000)

@@ -10,8 +10,8 @@ import jsonschema
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.ingest.submissions import Envelope, envelope_of, rejection_value
-from services.ingest.validation import BatchLine, Rejection
+from services.ingest.admission.submissions import Envelope, envelope_of, rejection_value
+from services.ingest.admission.validation import BatchLine, Rejection
 from services.lanes import Lane
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"

@@ -12,11 +12,11 @@ from pydantic import SecretStr
 
 from services.collector.collector import Collected
 from services.collector.files import FileStore
-from services.ingest.batch_book import BatchBook
-from services.ingest.jobs import JobBook, JobTotals
-from services.ingest.owned_files import OwnedFiles
+from services.ingest.batches.batch_book import BatchBook
+from services.ingest.batches.jobs import JobBook, JobTotals
 from services.ingest.settings import IngestOptions
-from services.ingest.tenant_limits import (
+from services.ingest.tenancy.owned_files import OwnedFiles
+from services.ingest.tenancy.tenant_limits import (
     OTHER_TENANTS,
     Limit,
     TenantLimits,
@@ -26,7 +26,7 @@ from services.ingest.tenant_limits import (
     requests_that_fit,
     tenant_label,
 )
-from services.ingest.tenant_usage import TenantUsage
+from services.ingest.tenancy.tenant_usage import TenantUsage
 from services.kafka.producer import AsyncProducer
 
 counts = st.integers(0, 10_000)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from services.ingest.validation import Limits, Rejection, RequestContext, parse_line
+from services.ingest.admission.validation import Limits, Rejection, RequestContext, parse_line
 from services.lanes import Lane
 
 LIMITS = Limits(frozenset({"tiny"}), max_max_tokens=512)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from services.collector.files import FileObject, FileStore, valid_id
-from services.ingest.access import owner_or_default
+from services.ingest.tenancy.access import owner_or_default
 
 MAX_FILE_ID = 128  # ids made here are under 64 characters
 

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from services.ingest.batch_state import window_seconds
-from services.ingest.validation import ENDPOINTS
+from services.ingest.admission.validation import ENDPOINTS
+from services.ingest.batches.batch_state import window_seconds
 from services.lanes import Lane
 
 # OpenAI's metadata: at most 16 pairs of strings, keys up to 64 characters, values 512.

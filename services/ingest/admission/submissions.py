@@ -36,10 +36,10 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from services.codec import JOB, REQUEST, codec
 from services.errors import FencedError, KafkaUnavailableError, ProducerFatalError
 from services.ingest import metrics
-from services.ingest.jobs import JobBook, JobTotals
-from services.ingest.ledger import JobLedger
-from services.ingest.tenant_usage import TenantUsage
-from services.ingest.validation import Limits, Rejection, RequestContext, parse_line
+from services.ingest.admission.ledger import JobLedger
+from services.ingest.admission.validation import Limits, Rejection, RequestContext, parse_line
+from services.ingest.batches.jobs import JobBook, JobTotals
+from services.ingest.tenancy.tenant_usage import TenantUsage
 from services.kafka.consumers import ConsumerRole, byte_headers, make_consumer
 from services.kafka.lag import BacklogMonitor
 from services.kafka.retries import KAFKA_RETRIES, jittered_backoff_s

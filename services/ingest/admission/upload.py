@@ -10,12 +10,12 @@ from typing import Any
 
 from services.codec import REQUEST, codec
 from services.ingest import metrics
-from services.ingest.backpressure import Admission, admit
-from services.ingest.ledger import JobLedger
-from services.ingest.lines import LineSplitter, RawLine
+from services.ingest.admission.backpressure import Admission, admit
+from services.ingest.admission.ledger import JobLedger
+from services.ingest.admission.lines import LineSplitter, RawLine
+from services.ingest.admission.validation import Limits, Rejection, RequestContext, parse_line
 from services.ingest.settings import IngestOptions
-from services.ingest.tenant_limits import Refusal
-from services.ingest.validation import Limits, Rejection, RequestContext, parse_line
+from services.ingest.tenancy.tenant_limits import Refusal
 from services.kafka.lag import BacklogMonitor
 from services.kafka.producer import AsyncProducer, DeliveryBatch
 from services.lanes import LaneLayout

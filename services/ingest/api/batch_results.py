@@ -19,8 +19,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from services.collector.collector import Collector
-from services.ingest.access import Action
-from services.ingest.openai_errors import openai_error
+from services.ingest.api.openai_errors import openai_error
+from services.ingest.tenancy.access import Action
 
 CHUNK_BYTES = 1 << 20
 

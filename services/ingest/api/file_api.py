@@ -11,13 +11,13 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from services.ingest.access import Action, can_see
-from services.ingest.auth import Callers
-from services.ingest.batch_request import Invalid, form_expires_after
-from services.ingest.listing import cursor_page
-from services.ingest.openai_errors import guard, openai_error, refused
-from services.ingest.owned_files import OwnedFile, OwnedFiles
-from services.ingest.tenant_usage import TenantUsage
+from services.ingest.api.batch_request import Invalid, form_expires_after
+from services.ingest.api.listing import cursor_page
+from services.ingest.api.openai_errors import guard, openai_error, refused
+from services.ingest.tenancy.access import Action, can_see
+from services.ingest.tenancy.auth import Callers
+from services.ingest.tenancy.owned_files import OwnedFile, OwnedFiles
+from services.ingest.tenancy.tenant_usage import TenantUsage
 
 MAX_FILES_LISTED = 10_000  # OpenAI's files.list limit: its maximum and its default
 

@@ -19,10 +19,10 @@ import httpx
 
 from services.collector.collector import ERRORS, OUTPUT, Collector, job_file
 from services.errors import KbatchError
-from services.ingest import batch_state
-from services.ingest.batch_book import BatchBook
-from services.ingest.jobs import JobBook
-from services.ingest.owned_files import OwnedFiles
+from services.ingest.batches import batch_state
+from services.ingest.batches.batch_book import BatchBook
+from services.ingest.batches.jobs import JobBook
+from services.ingest.tenancy.owned_files import OwnedFiles
 from services.logs import get_logger
 
 log = get_logger("batches.refresh")

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 
 from starlette.responses import JSONResponse, Response
 
-from services.ingest.access import Action, Caller, Verdict, decide
-from services.ingest.tenant_limits import Refusal
+from services.ingest.tenancy.access import Action, Caller, Verdict, decide
+from services.ingest.tenancy.tenant_limits import Refusal
 
 
 def openai_error(

@@ -13,8 +13,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp
 
-from services.ingest.access import Caller, caller_for
 from services.ingest.settings import IngestOptions
+from services.ingest.tenancy.access import Caller, caller_for
 
 # Paths no tenant token is asked for. /metrics is not a tenant's to read: with an ops
 # token (KBATCH_OPS_TOKEN) set, its route asks for that token alone, so a tenant token does

@@ -23,12 +23,13 @@ from collections.abc import Callable, Iterable, Mapping
 from prometheus_client import Gauge
 
 from services.collector.collector import Collected
-from services.ingest import batch_state, metrics
-from services.ingest.batch_book import BatchBook
-from services.ingest.jobs import JobBook, JobTotals
-from services.ingest.owned_files import OwnedFiles
+from services.ingest import metrics
+from services.ingest.batches import batch_state
+from services.ingest.batches.batch_book import BatchBook
+from services.ingest.batches.jobs import JobBook, JobTotals
 from services.ingest.settings import IngestOptions
-from services.ingest.tenant_limits import (
+from services.ingest.tenancy.owned_files import OwnedFiles
+from services.ingest.tenancy.tenant_limits import (
     OTHER_TENANTS,
     Limit,
     Refusal,

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from services.ingest.access import owner_or_default
+from services.ingest.tenancy.access import owner_or_default
 
 TERMINAL = frozenset({"failed", "completed", "expired", "cancelled"})
 _WINDOW = re.compile(r"^(\d+)([hd])$")

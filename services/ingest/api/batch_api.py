@@ -3,7 +3,7 @@
 A batch is a kbatch job whose id is the batch id: its input file goes through the
 same validation and admission as streamed uploads (resuming after a 429 until the
 whole file is in) and the job is sealed. From then on the refresher
-(`batch_refresh.py`) moves the batch on; these handlers only read it.
+(`batches/batch_refresh.py`) moves the batch on; these handlers only read it.
 """
 
 from __future__ import annotations
@@ -22,22 +22,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services.ingest import batch_state
-from services.ingest.access import Action, can_see
-from services.ingest.auth import Callers
-from services.ingest.batch_book import BatchBook
-from services.ingest.batch_request import (
+from services.ingest.admission.upload import Publishing, Upload
+from services.ingest.admission.validation import RequestContext
+from services.ingest.api.batch_request import (
     BatchRequest,
     Invalid,
     batch_request,
 )
-from services.ingest.jobs import JobBook
-from services.ingest.listing import cursor_page
-from services.ingest.openai_errors import guard, openai_error, refused
-from services.ingest.owned_files import OwnedFiles
-from services.ingest.tenant_usage import TenantUsage
-from services.ingest.upload import Publishing, Upload
-from services.ingest.validation import RequestContext
+from services.ingest.api.listing import cursor_page
+from services.ingest.api.openai_errors import guard, openai_error, refused
+from services.ingest.batches import batch_state
+from services.ingest.batches.batch_book import BatchBook
+from services.ingest.batches.jobs import JobBook
+from services.ingest.tenancy.access import Action, can_see
+from services.ingest.tenancy.auth import Callers
+from services.ingest.tenancy.owned_files import OwnedFiles
+from services.ingest.tenancy.tenant_usage import TenantUsage
 from services.lanes import Lane
 from services.logs import get_logger
 

@@ -1,0 +1,1 @@
+"""Admission of batch lines, from an upload or a submissions topic, into requests."""

@@ -1,0 +1,1 @@
+"""Jobs and batches: their books on compacted topics, their states, the refresher."""
