@@ -24,6 +24,7 @@ from services.collector.collector import Collector
 from services.collector.files import FileStore
 from services.ingest import metrics
 from services.ingest.admission.ledger import JobLedger
+from services.ingest.admission.pipeline import AdmissionPipeline
 from services.ingest.admission.submissions import SubmissionConsumer, SubmissionSetup
 from services.ingest.admission.upload import Publishing, Upload
 from services.ingest.admission.validation import Limits, RequestContext
@@ -118,15 +119,15 @@ class IngestService:
             await asyncio.to_thread(self.jobs.load, self.settings.kafka_config())
             batches = BatchBook(producer, topics.batches)
             await asyncio.to_thread(batches.load, self.settings.kafka_config())
-            self.publishing = Publishing(
-                producer=producer,
-                backlog=backlog,
-                ledger=JobLedger(self.options.tracked_jobs),
-                topic=topics.requests,
-                layout=topics.lane_layout(),
-                options=self.options,
-                limits=Limits(self.models.names(), self.options.max_max_tokens),
+            pipeline = AdmissionPipeline(
+                JobLedger(self.options.tracked_jobs),
+                topics.requests,
+                topics.lane_layout(),
+                Limits(self.models.names(), self.options.max_max_tokens),
+                max_line_bytes=self.options.max_line_bytes,
+                max_lines_per_job=self.options.max_lines_per_job,
             )
+            self.publishing = Publishing(producer, backlog, pipeline, self.options)
             following_models = asyncio.create_task(
                 self.models.follow(
                     self.scheduler, self.options.models_refresh_s, self._admit_models
@@ -188,28 +189,21 @@ class IngestService:
             group_id=f"{topics.prefix}-ingest-submissions",
             # One per process: fencing across instances comes from the group's generation.
             transactional_id=f"{topics.prefix}.ingest-submissions.{uuid.uuid4().hex[:12]}",
-            requests_topic=topics.requests,
             rejections_topic=topics.rejections,
             jobs_topic=topics.jobs,
-            layout=topics.lane_layout(),
             default_tenant=self.options.default_tenant,
             lane_backlog_limit=self.options.lane_backlog_limit,
-            max_lines_per_job=self.options.max_lines_per_job,
-            max_line_bytes=self.options.max_line_bytes,
         )
         self.submissions = SubmissionConsumer(
-            setup, self.jobs, self.publishing.ledger, backlog, self.publishing.limits, self.usage
+            setup, self.jobs, self.publishing.pipeline, backlog, self.usage
         )
         return asyncio.create_task(self.submissions.serve(stop), name="submissions")
 
     def _admit_models(self, names: frozenset[str]) -> None:
+        """Uploads and submissions admit through one pipeline: both see the new models."""
         if self.publishing is not None:
-            limits = self.publishing.limits
-            self.publishing.limits = dataclasses.replace(limits, served_models=names)
-        if self.submissions is not None:
-            self.submissions.limits = dataclasses.replace(
-                self.submissions.limits, served_models=names
-            )
+            pipeline = self.publishing.pipeline
+            pipeline.limits = dataclasses.replace(pipeline.limits, served_models=names)
 
     async def list_models(self, _request: Request) -> Response:
         """OpenAI's `GET /v1/models`: what this deployment answers for."""

@@ -9,10 +9,10 @@ uploaded file, `schemas/submission.schema.json`); its headers say where it belon
 * `kbatch-priority`: high, normal (default) or low;
 * `kbatch-seal: true`: the job has no more lines (the value may then be empty).
 
-Every fetched batch is processed with the same validation as an HTTP upload and
-committed in one Kafka transaction together with the submission offsets: valid lines as
-requests, refused lines as JSON rejections with the reason
-(`schemas/rejection.schema.json`), and the jobs' new totals. A crash commits all of
+Every fetched batch's lines take the same admission steps as an HTTP upload's
+(`pipeline`), and the batch is committed in one Kafka transaction together with the
+submission offsets: valid lines as requests, refused lines as JSON rejections with the
+reason (`schemas/rejection.schema.json`), and the jobs' new totals. A crash commits all of
 that or none of it; the next owner of the partition starts from the committed offset.
 Backpressure is the consumer's own: while any lane is over its backlog bound, the
 consumer pauses instead of refusing, and resumes once there is room. A tenant over its
@@ -33,18 +33,19 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
-from services.codec import JOB, REQUEST, codec
+from services.codec import JOB, codec
 from services.errors import FencedError, KafkaUnavailableError, ProducerFatalError
 from services.ingest import metrics
-from services.ingest.admission.ledger import JobLedger
-from services.ingest.admission.validation import Limits, Rejection, RequestContext, parse_line
+from services.ingest.admission.lines import RawLine
+from services.ingest.admission.pipeline import AdmissionPipeline, Admitted
+from services.ingest.admission.validation import Rejection, RequestContext
 from services.ingest.batches.jobs import JobBook, JobTotals
 from services.ingest.tenancy.tenant_usage import TenantUsage
 from services.kafka.consumers import ConsumerRole, byte_headers, make_consumer
 from services.kafka.lag import BacklogMonitor
 from services.kafka.retries import KAFKA_RETRIES, jittered_backoff_s
 from services.kafka.transactions import OutRecord, TransactionalProducer
-from services.lanes import Lane, LaneLayout
+from services.lanes import Lane
 from services.lifecycle import wait_event
 from services.logs import get_logger
 
@@ -113,20 +114,17 @@ class Draft:
 
 @dataclass(frozen=True)
 class SubmissionSetup:
-    """What the consumer publishes with and into."""
+    """What the consumer reads and commits with, and where refusals and totals go
+    (requests go where the admission pipeline places them)."""
 
     kafka_config: dict[str, Any]
     topic: str
     group_id: str
     transactional_id: str
-    requests_topic: str
     rejections_topic: str
     jobs_topic: str
-    layout: LaneLayout
     default_tenant: str
     lane_backlog_limit: int
-    max_lines_per_job: int
-    max_line_bytes: int
 
 
 class SubmissionConsumer:
@@ -136,18 +134,15 @@ class SubmissionConsumer:
         self,
         setup: SubmissionSetup,
         jobs: JobBook,
-        ledger: JobLedger,
+        pipeline: AdmissionPipeline,
         backlog: BacklogMonitor,
-        limits: Limits,
         tenants: TenantUsage,
     ) -> None:
         self._setup = setup
         self._jobs = jobs
         self._tenants = tenants
-        self._ledger = ledger
+        self._pipeline = pipeline
         self._backlog = backlog
-        self.limits = limits  # replaced whole when live workers declare other models
-        self._request_codec = codec(REQUEST)
         self._paused = False
         self.failure: str | None = None  # why it stopped for good, for /healthz
 
@@ -261,9 +256,8 @@ class SubmissionConsumer:
         return draft
 
     def _take(self, message: Message, offset: int, draft: Draft) -> None:
-        setup = self._setup
         headers = {name.lower(): value for name, value in byte_headers(message).items()}
-        envelope = envelope_of(headers, setup.default_tenant)
+        envelope = envelope_of(headers, self._setup.default_tenant)
         if isinstance(envelope, str):
             self._reject(draft, message, None, Rejection(offset, "invalid_envelope", envelope))
             return
@@ -279,51 +273,38 @@ class SubmissionConsumer:
         if envelope.seal and not value.strip():
             self._count(draft, replace(totals, sealed=True))
             return
-        request = self._request_or_rejection(message, offset, envelope, totals, draft)
-        if isinstance(request, Rejection):
-            self._reject(draft, message, job_id, request)
+        admitted = self._admitted(RawLine(offset, value, len(value)), envelope, totals, draft)
+        if isinstance(admitted, Rejection):
+            self._reject(draft, message, job_id, admitted)
             self._count(draft, replace(totals, rejected=totals.rejected + 1))
             return
-        lane = envelope.priority
-        key = request["request_id"].encode()
-        value = self._request_codec.encode(request)
-        partition = setup.layout.partition_for(lane, key)
-        draft.records.append(OutRecord(setup.requests_topic, key, value, [], partition))
-        draft.published[lane] = draft.published.get(lane, 0) + 1
-        draft.claimed.setdefault(job_id, []).append(request["custom_id"])
+        draft.records.append(self._pipeline.record(admitted))
+        draft.published[admitted.lane] = draft.published.get(admitted.lane, 0) + 1
+        draft.claimed.setdefault(job_id, []).append(admitted.custom_id)
         sealed = totals.sealed or envelope.seal
         self._count(draft, replace(totals, accepted=totals.accepted + 1, sealed=sealed))
 
-    def _request_or_rejection(
-        self, message: Message, offset: int, envelope: Envelope, totals: JobTotals, draft: Draft
-    ) -> dict[str, Any] | Rejection:
-        """The request record for a valid line, or why it is refused."""
-        setup, value = self._setup, message.value() or b""
+    def _admitted(
+        self, line: RawLine, envelope: Envelope, totals: JobTotals, draft: Draft
+    ) -> Admitted | Rejection:
+        """The line through the admission pipeline and into the tenant's room, or why
+        it is refused."""
         if totals.sealed:
-            return Rejection(offset, "job_sealed", f"job {envelope.job_id} is sealed")
-        if len(value) > setup.max_line_bytes:
-            reason = f"line is {len(value)} bytes, the limit is {setup.max_line_bytes}"
-            return Rejection(offset, "line_too_long", reason)
-        if self._ledger.count(envelope.job_id) >= setup.max_lines_per_job:
-            reason = f"the job already has {setup.max_lines_per_job} lines, the limit"
-            return Rejection(offset, "too_many_lines", reason)
+            return Rejection(line.number, "job_sealed", f"job {envelope.job_id} is sealed")
         context = RequestContext(
             envelope.job_id, envelope.tenant, envelope.priority, int(time.time() * 1000)
         )
-        parsed = parse_line(offset, value, context, self.limits)
-        if isinstance(parsed, Rejection):
-            return parsed
-        if not self._ledger.claim(envelope.job_id, parsed["custom_id"]):
-            reason = f"custom_id {parsed['custom_id']!r} already used in job {envelope.job_id}"
-            return Rejection(offset, "duplicate_custom_id", reason, parsed["custom_id"])
+        admitted = self._pipeline.admit(line, context)
+        if isinstance(admitted, Rejection):
+            return admitted
         fitting, refusal = self._tenants.fit_requests(envelope.tenant, 1)
         if refusal is not None:
             # As a streamed upload's 429: nothing is lost, the producer sends it again
             # once the tenant's requests have finished (the rejection says so).
-            self._ledger.release(envelope.job_id, [parsed["custom_id"]])
-            return Rejection(offset, refusal.code, refusal.message, parsed["custom_id"])
+            self._pipeline.release(envelope.job_id, [admitted.custom_id])
+            return Rejection(line.number, refusal.code, refusal.message, admitted.custom_id)
         draft.reserved[envelope.tenant] += fitting
-        return parsed
+        return admitted
 
     def _reject(
         self, draft: Draft, message: Message, job_id: str | None, rejection: Rejection
@@ -345,7 +326,7 @@ class SubmissionConsumer:
     def _rewind(self, consumer: Consumer, messages: list[Message], draft: Draft) -> None:
         """After a failed commit: fetch the batch again, and forget what it claimed."""
         for job_id, custom_ids in draft.claimed.items():
-            self._ledger.release(job_id, custom_ids)
+            self._pipeline.release(job_id, custom_ids)
         first: dict[int, int] = {}
         for message in messages:
             partition, offset = message.partition(), message.offset()

@@ -1,4 +1,5 @@
-"""One upload: stream lines in, validate, admit by chunk, publish, confirm delivery."""
+"""One upload: stream lines in, admit each (`pipeline`), refuse or publish by chunk,
+confirm delivery."""
 
 from __future__ import annotations
 
@@ -8,23 +9,22 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.codec import REQUEST, codec
 from services.ingest import metrics
 from services.ingest.admission.backpressure import Admission, admit
-from services.ingest.admission.ledger import JobLedger
 from services.ingest.admission.lines import LineSplitter, RawLine
-from services.ingest.admission.validation import Limits, Rejection, RequestContext, parse_line
+from services.ingest.admission.pipeline import AdmissionPipeline, Admitted
+from services.ingest.admission.validation import Rejection, RequestContext
 from services.ingest.settings import IngestOptions
 from services.ingest.tenancy.tenant_limits import Refusal
 from services.kafka.lag import BacklogMonitor
 from services.kafka.producer import AsyncProducer, DeliveryBatch
-from services.lanes import LaneLayout
+from services.kafka.transactions import OutRecord
 
 _MAX_UNCONFIRMED_CHUNKS = 8
 
 # How many of n requests the tenant may queue now (reserved), and the refusal of the rest.
 Room = Callable[[int], tuple[int, Refusal | None]]
-_Pending = tuple[int, str, bytes, bytes]  # line number, custom_id, record key, record
+_Pending = tuple[Admitted, OutRecord]  # the admitted line, the record to publish
 
 
 @dataclass
@@ -41,8 +41,8 @@ class _Chunk:
 
 
 def _chunk_of(pending: list[_Pending]) -> _Chunk:
-    lines = {key: (number, custom_id) for number, custom_id, key, _ in pending}
-    return _Chunk(pending[0][0], pending[-1][0], lines)
+    lines = {admitted.key: (admitted.line, admitted.custom_id) for admitted, _ in pending}
+    return _Chunk(pending[0][0].line, pending[-1][0].line, lines)
 
 
 @dataclass
@@ -85,16 +85,12 @@ class UploadOutcome:
 
 @dataclass
 class Publishing:
-    """The long-lived parts an upload publishes through (`limits` is replaced whole when
-    live workers declare other models)."""
+    """The long-lived parts an upload admits lines through and publishes through."""
 
     producer: AsyncProducer
     backlog: BacklogMonitor
-    ledger: JobLedger
-    topic: str
-    layout: LaneLayout
+    pipeline: AdmissionPipeline
     options: IngestOptions
-    limits: Limits
 
 
 class Upload:
@@ -115,7 +111,6 @@ class Upload:
         self._room = room  # the tenant's room for queued requests; None: not limited here
         self.reserved = 0  # requests `room` reserved: the caller gives them back
         self._splitter = LineSplitter(publishing.options.max_line_bytes, first_line)
-        self._codec = codec(REQUEST)
         self._pending: list[_Pending] = []
         self._chunks: list[_Chunk] = []
         self.outcome = UploadOutcome(context.job_id, context.priority.value)
@@ -147,26 +142,11 @@ class Upload:
         metrics.LINES_REJECTED.labels(rejection.code).inc()
 
     def _take(self, raw: RawLine) -> None:
-        options, job_id = self._p.options, self._context.job_id
-        if raw.data is None:
-            reason = f"line is {raw.size} bytes, the limit is {options.max_line_bytes}"
-            self._reject(Rejection(raw.number, "line_too_long", reason))
+        admitted = self._p.pipeline.admit(raw, self._context)
+        if isinstance(admitted, Rejection):
+            self._reject(admitted)
             return
-        if self._p.ledger.count(job_id) >= options.max_lines_per_job:
-            reason = f"the job already has {options.max_lines_per_job} lines, the limit"
-            self._reject(Rejection(raw.number, "too_many_lines", reason))
-            return
-        parsed = parse_line(raw.number, raw.data, self._context, self._p.limits)
-        if isinstance(parsed, Rejection):
-            self._reject(parsed)
-            return
-        custom_id = parsed["custom_id"]
-        if not self._p.ledger.claim(job_id, custom_id):
-            reason = f"custom_id {custom_id!r} already used in job {job_id}"
-            self._reject(Rejection(raw.number, "duplicate_custom_id", reason, custom_id))
-            return
-        key = parsed["request_id"].encode()
-        self._pending.append((raw.number, custom_id, key, self._codec.encode(parsed)))
+        self._pending.append((admitted, self._p.pipeline.record(admitted)))
 
     async def _publish_pending(self) -> None:
         if not self._pending:
@@ -193,9 +173,10 @@ class Upload:
         chunk = _chunk_of(pending)
         chunk.batch = DeliveryBatch(asyncio.get_running_loop())
         chunk.started = time.perf_counter()
-        for _, _, key, value in pending:
-            partition = self._p.layout.partition_for(lane, key)
-            await self._p.producer.produce(chunk.batch, self._p.topic, value, key, partition)
+        for _, record in pending:
+            await self._p.producer.produce(
+                chunk.batch, record.topic, record.value, record.key, record.partition
+            )
         self._p.backlog.note_published(lane, len(pending))
         self._chunks.append(chunk)
         # Pipelined, but bounded: an upload never holds more than a few chunks unconfirmed.
@@ -219,7 +200,7 @@ class Upload:
         self.outcome.resume_from_line = chunk.first_line
         self.outcome.rejections = [r for r in self.outcome.rejections if r.line < chunk.first_line]
         self.outcome.lines = chunk.first_line - self._first_line
-        self._p.ledger.release(self._context.job_id, chunk.custom_ids)
+        self._p.pipeline.release(self._context.job_id, chunk.custom_ids)
         metrics.BACKPRESSURE_REFUSALS.labels(admission.reason or "unknown").inc()
 
     async def _confirm(self, keep_outstanding: int = 0) -> None:
@@ -234,7 +215,7 @@ class Upload:
             if chunk.batch.failed:
                 # Only the records that failed: the delivered ones stay claimed and counted.
                 failed = [chunk.lines[key] for key in chunk.batch.failed_keys if key in chunk.lines]
-                self._p.ledger.release(self._context.job_id, [cid for _, cid in failed])
+                self._p.pipeline.release(self._context.job_id, [cid for _, cid in failed])
                 self.outcome.failed_lines += [line for line, _ in failed]
                 self.outcome.failed_chunks.append(
                     {
