@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol
 
+from services.inference.request_partitions import PartitionKey
 from services.logs import get_logger
 
 log = get_logger("worker")
@@ -34,11 +35,13 @@ class HungCalls:
     def __len__(self) -> int:
         return len(self._held)
 
-    def abandon(self, call: asyncio.Future[Any], producer: Discardable, partition: int) -> None:
+    def abandon(
+        self, call: asyncio.Future[Any], producer: Discardable, partition: PartitionKey
+    ) -> None:
         self._held[call] = producer
         call.add_done_callback(lambda done: self._returned(done, partition))
 
-    def _returned(self, call: asyncio.Future[Any], partition: int) -> None:
+    def _returned(self, call: asyncio.Future[Any], partition: PartitionKey) -> None:
         producer = self._held.pop(call)
         error = None if call.cancelled() else call.exception()
         log.warning(

@@ -17,14 +17,16 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer
 from prometheus_client import REGISTRY
 
 from services.harness.kafka import unique_topics
 from services.harness.pipeline import outcomes, publish_to, request_record, shared_env
+from services.inference.committers import Committer, committer_factory
 from services.inference.engines import build_engine
+from services.inference.request_partitions import PartitionKey
 from services.inference.settings import InferenceSettings
-from services.inference.worker import Committer, Worker
+from services.inference.worker import Worker
 from services.kafka.transactions import TransactionalProducer
 
 REQUESTS = 300
@@ -82,13 +84,12 @@ async def test_a_commit_hung_past_its_timeouts_is_abandoned_and_the_partition_re
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     settings = InferenceSettings()
-    worker = Worker(settings, build_engine(settings.inference))
     release = threading.Event()
     held: list[HeldSendOffsets] = []
-    make_committer = worker._committer
+    make_committer = committer_factory(settings)
 
-    def committer(partition: int) -> Committer:
-        made = make_committer(partition)
+    def committer(key: PartitionKey, consumer: Consumer) -> Committer:
+        made = make_committer(key, consumer)
         if held or not isinstance(made, TransactionalProducer):
             return made
         opened = made.open
@@ -102,7 +103,7 @@ async def test_a_commit_hung_past_its_timeouts_is_abandoned_and_the_partition_re
         made.open = open_then_hold  # type: ignore[method-assign]
         return made
 
-    worker._committer = committer  # type: ignore[method-assign]
+    worker = Worker(settings, build_engine(settings.inference), committers=committer)
     aborts_before = hung_aborts()
     worker.set_assignment({normal})
     stop = asyncio.Event()
