@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import typer
@@ -14,6 +15,7 @@ from services.bench import engines as bench_engines
 from services.bench import failover as bench_failover
 from services.bench import ingest as bench_ingest
 from services.bench import metrics_plot as bench_metrics_plot
+from services.bench import models as bench_models
 from services.bench import pipeline as bench_pipeline
 from services.bench import priority as bench_priority
 from services.bench import scale as bench_scale
@@ -27,7 +29,10 @@ from services.stack import cli as stack_cli
 app = typer.Typer(help="kbatch: batch LLM inference over Apache Kafka", no_args_is_help=True)
 kafka_app = typer.Typer(help="A local single-node KRaft broker from Maven Central jars")
 topics_app = typer.Typer(help="Create and inspect kbatch's topics")
-model_app = typer.Typer(help="Model files kbatch writes itself (nothing is downloaded)")
+model_app = typer.Typer(
+    help="The model registry (which models requests may name) and model files kbatch "
+    "writes itself (nothing is downloaded)"
+)
 bench_app = typer.Typer(help="Benchmarks, each against an anchor measured in the same run; JSON")
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(model_app, name="model")
@@ -38,6 +43,7 @@ bench_app.command("pipeline")(bench_pipeline.main)
 bench_app.command("scale")(bench_scale.main)
 bench_app.command("failover")(bench_failover.main)
 bench_app.command("priority")(bench_priority.main)
+bench_app.command("models")(bench_models.main)
 bench_app.command("chaos")(bench_chaos.main)
 bench_app.command("metrics-plot")(bench_metrics_plot.main)
 app.add_typer(topics_app, name="topics")
@@ -108,6 +114,31 @@ def topics_describe() -> None:
     settings = CommonSettings()
     for row in describe_topics(_admin(settings), topic_catalog(settings.topics)):
         typer.echo(json.dumps(row))
+
+
+@model_app.command("register")
+def model_register(
+    names: list[str] = typer.Argument(..., help="model ids, as requests name them"),
+) -> None:
+    """Register models: each gets its requests topic, and ingest admits its lines at once
+    (they wait in Kafka until a worker serving the model appears)."""
+    from services.models.registry import register_models
+
+    settings = CommonSettings()
+    for entry in register_models(settings.kafka_config(), settings.topics, names, "operator"):
+        typer.echo(json.dumps({"model": entry.model, "topic": entry.topic}))
+
+
+@model_app.command("list")
+def model_list() -> None:
+    """Every registered model and its requests topic, one JSON object a line."""
+    from services.kafka.compacted import read_latest
+    from services.models.registry import ModelEntry
+
+    settings = CommonSettings()
+    latest = read_latest(settings.kafka_config(), settings.topics.models, ModelEntry.decode)
+    for entry in sorted(latest.values(), key=lambda e: e.model):
+        typer.echo(json.dumps(asdict(entry)))
 
 
 @model_app.command("tiny")

@@ -1,9 +1,14 @@
-"""`kbatch demo`: the whole system on one machine, a sample job at two priorities.
+"""`kbatch demo`: the whole system on one machine: two models side by side, a sample
+job at two priorities on the first.
 
-A local broker, the topics, the scheduler, ingest (with the collector) and two
-inference workers (one dedicated, one spot, following the scheduler). The shipped
-sample files go in through the Batch API; progress is shown from the batches'
-request counts; the output files are downloaded; everything is shut down.
+A local broker, the topics, the scheduler, ingest (with the collector) and three
+inference workers following the scheduler: two for the first model (one dedicated,
+one spot) and one for the second. The shipped sample files go in through the Batch
+API (high and low for the first model, a part of the low one for the second);
+progress is shown from the batches' request counts; the output files are downloaded,
+each job's model is shown; everything is shut down. The second model is the tiny
+model from another seed (llamacpp) or another name (simulated); with vllm, or an
+openai server of your own, the demo serves your one model.
 """
 
 from __future__ import annotations
@@ -32,6 +37,13 @@ from services.stack.engine import EngineChoice, choose_engine, prepare_engine
 from services.stack.plan import Deployment, WorkerSlot, service_specs
 
 KBATCH = str(Path(sys.executable).with_name("kbatch"))
+# The demo's second model, per engine: the tiny model from another seed answers
+# differently; the simulated engine only needs another name. None for vllm and openai
+# (they serve the model you configured).
+SECOND_MODEL: dict[str, dict[str, Any]] = {
+    "llamacpp": {"served_name": "kbatch-tiny-b", "seed": 1},
+    "simulated": {"served_name": "kbatch-sim-b"},
+}
 console = Console()
 
 
@@ -56,18 +68,20 @@ class Services:
                 process.kill()
 
 
-def addressed_to(path: Path, model: str) -> bytes:
-    """The sample lines, asking for the model the demo's workers serve."""
+def addressed_to(path: Path, model: str, count: int | None = None) -> bytes:
+    """The sample lines (the first `count`), asking for `model`."""
     lines = []
-    for text in path.read_text(encoding="utf-8").splitlines():
+    for text in path.read_text(encoding="utf-8").splitlines()[:count]:
         line = json.loads(text)
         line["body"]["model"] = model
         lines.append(json.dumps(line))
     return ("\n".join(lines) + "\n").encode()
 
 
-def submit(client: httpx.Client, path: Path, model: str, priority: str) -> str:
-    content = addressed_to(path, model)
+def submit(
+    client: httpx.Client, path: Path, model: str, priority: str, lines: int | None = None
+) -> str:
+    content = addressed_to(path, model, lines)
     upload = {"file": (path.name, content, "application/jsonl")}
     file = client.post("/v1/files", files=upload, data={"purpose": "batch"}).json()
     body = {
@@ -84,7 +98,7 @@ def follow(client: httpx.Client, batches: dict[str, str]) -> dict[str, dict[str,
     """Progress bars from request counts until every batch has ended."""
     final: dict[str, dict[str, Any]] = {}
     with Progress(console=console) as progress:
-        tasks = {b: progress.add_task(f"{p:>4} priority", total=None) for b, p in batches.items()}
+        tasks = {b: progress.add_task(label, total=None) for b, label in batches.items()}
         while len(final) < len(batches):
             for batch_id, task in tasks.items():
                 batch = client.get(f"/v1/batches/{batch_id}").json()
@@ -106,12 +120,15 @@ def run_demo(requested_engine: str | None = None) -> None:
     logs = root / "demo-logs"
     logs.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
-        engine = prepare_engine(choose_engine(requested_engine), root, logs, stack)
-        _run_services(engine, root, logs)
+        name = choose_engine(requested_engine)
+        engines = [prepare_engine(name, root, logs, stack)]
+        if name in SECOND_MODEL and "KBATCH_INFERENCE__MODEL" not in os.environ:
+            engines.append(prepare_engine(name, root, logs, stack, **SECOND_MODEL[name]))
+        _run_services(engines, root, logs)
     console.print(f"demo finished in {time.monotonic() - started:.0f}s; logs in {logs}")
 
 
-def _run_services(engine: EngineChoice, root: Path, logs: Path) -> None:
+def _run_services(engines: list[EngineChoice], root: Path, logs: Path) -> None:
     started = time.monotonic()
     layout = local_broker.BrokerLayout(root / "demo-kafka", port=19092, controller_port=19093)
     bootstrap = local_broker.up(layout)
@@ -126,13 +143,17 @@ def _run_services(engine: EngineChoice, root: Path, logs: Path) -> None:
     deployment = Deployment(
         scheduler_port=18070,
         ingest_port=18080,
-        workers=(WorkerSlot("worker-a", "dedicated", 18091), WorkerSlot("worker-b", "spot", 18092)),
+        workers=(
+            WorkerSlot("worker-a", "dedicated", 18091),
+            WorkerSlot("worker-b", "spot", 18092),
+            *([WorkerSlot("worker-c", "dedicated", 18093, 1)] if len(engines) > 1 else []),
+        ),
         scheduler_dir=root / "demo-scheduler",
         file_dir=root / "demo-files",
     )
     services = Services([], logs)
     try:
-        specs = service_specs(deployment, engine)
+        specs = service_specs(deployment, engines)
         started_specs = [
             (services.start(spec.name, list(spec.args), {**env, **spec.env}), spec)
             for spec in specs
@@ -146,10 +167,15 @@ def _run_services(engine: EngineChoice, root: Path, logs: Path) -> None:
         samples = data_dir("samples")
         with httpx.Client(base_url=deployment.url(deployment.ingest_port), timeout=300) as client:
             submitted = time.monotonic()
+            first = engines[0].served_model
             batches = {
-                submit(client, samples / f"candidates-{p}.jsonl", engine.served_model, p): p
+                submit(client, samples / f"candidates-{p}.jsonl", first, p): f"{first} {p}"
                 for p in ("high", "low")
             }
+            for engine in engines[1:]:
+                model = engine.served_model
+                path = samples / "candidates-low.jsonl"
+                batches[submit(client, path, model, "normal", 500)] = f"{model} normal"
             final = follow(client, batches)
             elapsed = time.monotonic() - submitted
             out = root / "demo-out"
@@ -163,7 +189,7 @@ def _run_services(engine: EngineChoice, root: Path, logs: Path) -> None:
 def _summary(
     client: httpx.Client,
     final: dict[str, dict[str, Any]],
-    priorities: dict[str, str],
+    labels: dict[str, str],
     out: Path,
     elapsed: float,
 ) -> None:
@@ -171,20 +197,23 @@ def _summary(
     for batch_id, batch in final.items():
         counts = batch["request_counts"]
         total += counts["completed"] + counts["failed"]
-        path = out / f"{priorities[batch_id]}_output.jsonl"
+        path = out / f"{labels[batch_id].replace(' ', '_')}_output.jsonl"
         if batch["output_file_id"]:
             path.write_bytes(client.get(f"/v1/files/{batch['output_file_id']}/content").content)
         took = batch["completed_at"] - batch["created_at"] if batch["completed_at"] else None
         console.print(
-            f"{priorities[batch_id]:>4}: {batch['status']}, {counts['completed']} completed, "
-            f"{counts['failed']} failed, done {took}s after submission -> {path}"
+            f"{labels[batch_id]:>22}: model {batch['model']}, {batch['status']}, "
+            f"{counts['completed']} completed, {counts['failed']} failed, done {took}s after "
+            f"submission -> {path}",
+            markup=False,
         )
+        if path.exists():
+            sample = json.loads(path.read_text().splitlines()[0])
+            body = sample["response"]["body"]
+            console.print(
+                f"{'':>24}first line: custom_id={sample['custom_id']} "
+                f"engine={body['kbatch']['engine']} model={body['model']} "
+                f"content={body['choices'][0]['message']['content'][:50]!r}",
+                markup=False,
+            )
     console.print(f"{total} requests in {elapsed:.1f}s ({total / elapsed:.0f} requests/s)")
-    sample = json.loads((out / "high_output.jsonl").read_text().splitlines()[0])
-    body = sample["response"]["body"]
-    console.print(
-        f"first line: custom_id={sample['custom_id']} engine={body['kbatch']['engine']} "
-        f"model={body['model']} "
-        f"content={body['choices'][0]['message']['content'][:60]!r}",
-        markup=False,
-    )

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.codec import ResultsFormat
 from services.lanes import LaneLayout
+from services.routing import RequestLayout
 
 
 class KafkaClientSettings(BaseModel):
@@ -55,10 +56,6 @@ class TopicSettings(BaseModel):
     )
 
     @property
-    def requests(self) -> str:
-        return f"{self.prefix}.requests"
-
-    @property
     def results(self) -> str:
         return f"{self.prefix}.results"
 
@@ -98,8 +95,20 @@ class TopicSettings(BaseModel):
     def rejections(self) -> str:
         return f"{self.prefix}.rejections"
 
+    @property
+    def models(self) -> str:
+        return f"{self.prefix}.models"
+
     def lane_layout(self) -> LaneLayout:
         return LaneLayout(self.high_partitions, self.normal_partitions, self.low_partitions)
+
+    def request_layout(self) -> RequestLayout:
+        """The requests topics: one per model, each with the lanes' partitions."""
+        return RequestLayout(self.prefix, self.lane_layout())
+
+    def requests_of(self, model: str) -> str:
+        """The requests topic of one model."""
+        return self.request_layout().topic(model)
 
 
 class CommonSettings(BaseSettings):

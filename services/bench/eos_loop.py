@@ -18,12 +18,14 @@ from services.settings import TopicSettings
 
 RESULT_BYTES = 400
 COMMIT_EVERY_S = 0.5
+SIM_MODEL = "kbatch-sim"  # the model of the records the pipeline bench publishes
 
 
 def plain_eos_rate(bootstrap: str, topics: TopicSettings, expect: int) -> float:
     """Records per second, first record fetched to the last transaction committed."""
     base = {"bootstrap.servers": bootstrap}
     partitions = range(topics.lane_layout().total)
+    requests = topics.requests_of(SIM_MODEL)
     consumer = make_consumer(base, ConsumerRole.MEMBER, f"{topics.prefix}-anchor")
     producers = {
         p: Producer({**base, "transactional.id": f"{topics.prefix}-anchor-{p}", "linger.ms": 5})
@@ -33,7 +35,7 @@ def plain_eos_rate(bootstrap: str, topics: TopicSettings, expect: int) -> float:
         for producer in producers.values():
             producer.init_transactions(30)
             producer.begin_transaction()
-        consumer.assign([TopicPartition(topics.requests, p, 0) for p in partitions])
+        consumer.assign([TopicPartition(requests, p, 0) for p in partitions])
         result = b"r" * RESULT_BYTES
         next_offsets: dict[int, int] = {}
         committed = pending = 0
@@ -49,7 +51,7 @@ def plain_eos_rate(bootstrap: str, topics: TopicSettings, expect: int) -> float:
                 pending += 1
             due = time.monotonic() - last_commit >= COMMIT_EVERY_S
             if pending and (due or committed + pending >= expect):
-                _commit(producers, consumer, topics.requests, next_offsets)
+                _commit(producers, consumer, requests, next_offsets)
                 committed, pending, last_commit = committed + pending, 0, time.monotonic()
         return expect / (time.monotonic() - started)
     finally:

@@ -15,13 +15,19 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import httpx
 import typer
 
 from services.bench.measure import OutOption, bench_broker, emit, run_facts
 from services.harness.kafka import unique_topics, wait_for
-from services.harness.pipeline import publish, request_record, start_follower, start_scheduler
+from services.harness.pipeline import (
+    owned_partitions,
+    publish,
+    request_record,
+    start_follower,
+    start_scheduler,
+)
 from services.harness.processes import ServiceProcess
+from services.routing import ModelPartition
 from services.scheduler.settings import SchedulerOptions
 from services.settings import CommonSettings
 
@@ -35,9 +41,8 @@ def ops_headers() -> dict[str, str]:
     return CommonSettings().ops_headers()
 
 
-def owned(url: str) -> dict[str, set[int]]:
-    workers = httpx.get(f"{url}/workers", headers=ops_headers(), timeout=5).json()["workers"]
-    return {w["worker_id"]: set(w["owned"]) for w in workers if w["alive"]}
+def owned(url: str) -> dict[str, set[ModelPartition]]:
+    return owned_partitions(url, ops_headers())
 
 
 def one_round(url: str, victim: ServiceProcess, name: str, how: str) -> float:
@@ -55,7 +60,7 @@ def one_round(url: str, victim: ServiceProcess, name: str, how: str) -> float:
         time.sleep(0.05)
 
 
-def _all_owned(url: str, every: set[int]) -> dict[str, set[int]] | None:
+def _all_owned(url: str, every: set[ModelPartition]) -> dict[str, set[ModelPartition]] | None:
     now = owned(url)
     return now if set().union(*now.values()) == every else None
 
@@ -69,7 +74,7 @@ def measure(out: Path, rounds: int) -> dict[str, Any]:
         scheduler, url = start_scheduler(
             bootstrap, topics, out, "failover-scheduler", HEARTBEAT_TIMEOUT_S=str(timeout_s)
         )
-        every = set(range(topics.lane_layout().total))
+        every = set(topics.request_layout().partitions("kbatch-sim"))
         workers = {
             name: start_follower(bootstrap, topics, out, name, pool, 8, **SLOW)[0]
             for name, pool in POOLS.items()

@@ -20,6 +20,7 @@ from confluent_kafka import Producer
 from services.bench.measure import OutOption, bench_broker, emit, run_facts
 from services.codec import REQUEST, codec
 from services.harness.kafka import unique_topics
+from services.harness.pipeline import registered
 from services.harness.ports import free_port
 from services.harness.processes import ServiceProcess
 from services.ingest.admission.validation import Limits, RequestContext, parse_line
@@ -118,7 +119,9 @@ def ingest_rate(bootstrap: str, prefix: str, lines: list[bytes], log: Path) -> f
 def measure(out: Path, n: int) -> dict[str, Any]:
     lines = batch_lines(n)
     with bench_broker() as bootstrap:
-        raw = raw_rate(bootstrap, unique_topics(bootstrap).requests, lines)
+        topics = unique_topics(bootstrap)
+        registered(bootstrap, topics, ["kbatch-sim"])
+        raw = raw_rate(bootstrap, topics.requests_of("kbatch-sim"), lines)
         via_ingest = ingest_rate(
             bootstrap, unique_topics(bootstrap).prefix, lines, out / "ingest.log"
         )

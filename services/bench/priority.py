@@ -27,7 +27,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from services.bench.measure import STATE, OutOption, bench_broker, emit, run_facts
 from services.codec import REQUEST, codec, results_codec
 from services.harness.kafka import unique_topics, wait_for
-from services.harness.pipeline import publish_to, request_record, start_worker
+from services.harness.pipeline import publish_to, registered, request_record, start_worker
 from services.inference.settings import InferenceOptions, served_name_of
 from services.kafka.consumers import ConsumerRole, make_consumer
 from services.kafka.transactions import OutRecord, TransactionalProducer
@@ -110,7 +110,9 @@ def timed_high_job(
     """Publish a high job and wait for all its results: (published at, seconds taken)."""
     job, count = records[0]["job_id"], len(records)
     started = time.monotonic()
-    publish_in_transactions(bootstrap, topics.requests, records, HIGH)
+    model = records[0]["model"]
+    registered(bootstrap, topics, [model])
+    publish_in_transactions(bootstrap, topics.requests_of(model), records, HIGH)
     wait_for(lambda: clock.count(job) >= count, 900, f"the {job} job", 0.05)
     return started, clock.times(job)[-1] - started
 

@@ -22,6 +22,7 @@ BENCH_FILES = {
     "chaos": Path("docs/bench/chaos.json"),
     "failover": Path("docs/bench/failover.json"),
     "priority": Path("docs/bench/priority.json"),
+    "models": Path("docs/bench/models.json"),
 }
 
 
@@ -260,6 +261,56 @@ def priority_table(result: dict[str, Any]) -> str:
     return "\n".join([intro, "", *_table(columns, rows)])
 
 
+def models_table(result: dict[str, Any]) -> str:
+    routed, passes = result["routing"], result["assignment"]
+    ratio, goal = routed["ratio"], routed["goal_ratio"]
+    met = "met" if ratio >= goal else "**not met**"
+    routing_rows: list[list[object]] = [
+        [
+            routed["requests"],
+            len(routed["one_model_per_s"]),
+            statistics.median(routed["one_model_per_s"]),
+            statistics.median(routed["four_models_per_s"]),
+            f"{ratio:.3f} (≥ {goal}: {met})",
+        ]
+    ]
+    pass_goal = passes["goal_ms"]
+    pass_rows: list[list[object]] = [
+        [
+            what,
+            f"{passes[key]} ({'met' if passes[key] < pass_goal else '**not met**'})",
+        ]
+        for what, key in (
+            ("from nothing", "from_nothing_ms"),
+            ("every partition's backlog changed", "every_backlog_changed_ms"),
+            ("nothing changed", "nothing_changed_ms"),
+        )
+    ]
+    intro = (
+        f"{_measured(result)} Routing: one job on two simulated workers, each serving "
+        "four models and holding half of each model's normal lane, for one model and "
+        "split over four (alternating runs, medians)."
+    )
+    fleet = (
+        f"Assignment: one pass for {passes['models']:,} models x "
+        f"{passes['partitions'] // passes['models']} partitions ({passes['partitions']:,}) "
+        f"over {passes['workers']} workers (each model on two workers, each worker serving "
+        f"four, capacity 16; half the partitions with backlog), median of five; goal < "
+        f"{pass_goal:.0f} ms."
+    )
+    return "\n".join(
+        [
+            intro,
+            "",
+            *_table(["requests", "runs", "1 model req/s", "4 models req/s", "ratio"], routing_rows),
+            "",
+            fleet,
+            "",
+            *_table(["pass", "ms"], pass_rows),
+        ]
+    )
+
+
 RENDERERS = {
     "engines": engines_table,
     "pipeline": pipeline_table,
@@ -268,6 +319,7 @@ RENDERERS = {
     "chaos": chaos_table,
     "failover": failover_table,
     "priority": priority_table,
+    "models": models_table,
 }
 
 

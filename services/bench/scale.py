@@ -51,6 +51,8 @@ from services.kafka.compacted import read_to_end
 from services.kafka.lag import GroupBacklog
 from services.settings import TopicSettings
 
+MODEL = "kbatch-sim"  # what the simulated workers serve
+
 SIM = SimulatedEngineOptions(step_s=0.005, max_num_seqs=32, tokens_per_step=1)
 ENGINE = {
     "SIMULATED__STEP_S": str(SIM.step_s),
@@ -93,11 +95,10 @@ class Sampler:
         try:
             while not self._stop.wait(self.every_s):
                 total = self.topics.lane_layout().total
-                backlog = reader.by_partition(self.topics.requests, total)
+                requests = self.topics.requests_of(MODEL)
+                backlog = reader.by_partition(requests, total)
                 # The bench publishes without transactions: offsets here are records.
-                published = sum(
-                    reader.end_offsets(self.topics.requests, list(range(total))).values()
-                )
+                published = sum(reader.end_offsets(requests, list(range(total))).values())
                 row: dict[str, Any] = {
                     "t": time.monotonic() - started,
                     "backlog": sum(backlog.values()),
@@ -123,7 +124,7 @@ def batch_file(n: int, lane: str, rng: random.Random) -> bytes:
     for i in range(n):
         words = rng.randint(4, 120)
         body = {
-            "model": "kbatch-sim",
+            "model": MODEL,
             "messages": [{"role": "user", "content": " ".join(["candidate"] * words) + f" {i}"}],
             "max_tokens": rng.choice(MAX_TOKENS),
         }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -145,24 +146,39 @@ def status(api: str = ApiOption, scheduler: str = SchedulerOption) -> None:
     try:
         with httpx.Client(base_url=scheduler, headers=headers, timeout=5) as client:
             workers = client.get("/workers").raise_for_status().json()["workers"]
-            waiting = client.get("/assignments").raise_for_status().json()["waiting"]
+            models = client.get("/models").raise_for_status().json()["models"]
     except httpx.HTTPStatusError as exc:
         console.print(f"scheduler views: {exc.response.status_code} {exc.response.text.strip()}")
         return
     except httpx.HTTPError:
         return
-    table = Table("worker", "pool", "alive", "healthy", "engine", "owned partitions")
+    table = Table("worker", "pool", "alive", "healthy", "engine", "models", "owned partitions")
     for worker in workers:
+        owned = Counter(p["model"] for p in worker.get("owned_partitions") or [])
         table.add_row(
             worker["worker_id"],
             worker["pool"],
             str(worker["alive"]),
             str(worker["healthy"]),
             worker["engine"],
-            ",".join(map(str, worker["owned"])),
+            ", ".join(worker.get("served_models") or []),
+            ", ".join(f"{m}: {n}" for m, n in sorted(owned.items())),
         )
     console.print(table)
-    console.print(f"partitions waiting for capacity: {waiting or 'none'}")
+    per_model = Table(
+        "model", "workers", "backlog high/normal/low", "partitions owned", "waiting", "note"
+    )
+    for row in models:
+        lanes = row["lanes"]
+        per_model.add_row(
+            row["model"],
+            str(len(row["workers"])),
+            "/".join(str(lanes[lane]["backlog"]) for lane in ("high", "normal", "low")),
+            str(sum(lane["partitions_assigned"] for lane in lanes.values())),
+            str(sum(lane["partitions_waiting"] for lane in lanes.values())),
+            "waits for a worker serving it" if row["waiting_for_worker"] else "",
+        )
+    console.print(per_model)
 
 
 def results(

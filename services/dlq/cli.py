@@ -105,7 +105,10 @@ def replay(
     if dry_run or not todo:
         return
     replayer = Replayer(
-        settings.kafka_config(), topics.requests, topics.dlq_replayed, f"{topics.prefix}.dlq-replay"
+        settings.kafka_config(),
+        topics,
+        topics.dlq_replayed,
+        f"{topics.prefix}.dlq-replay",
     )
     with Progress(console=console) as progress:
         task = progress.add_task("replaying", total=len(todo))

@@ -1,4 +1,5 @@
-"""Replay dead letters into the requests topic, exactly once across interrupted runs.
+"""Replay dead letters into their model's requests topic, exactly once across
+interrupted runs, each to its original partition (so its original lane).
 
 Each replayed record is produced together with a marker (key = the dead letter's
 coordinate) on the compacted `<prefix>.dlq-replayed` topic, in one transaction.
@@ -15,12 +16,15 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from services.codec import REQUEST, codec
 from services.dlq.records import DeadLetter
-from services.errors import KafkaUnavailableError, ProducerFatalError
+from services.errors import DecodeError, KafkaUnavailableError, ProducerFatalError
 from services.inference.outputs import REPLAYS_HEADER
 from services.kafka.compacted import read_latest
 from services.kafka.retries import KAFKA_RETRIES, jittered_backoff_s
 from services.kafka.transactions import OutRecord, TransactionalProducer
+from services.models.registry import register_models
+from services.settings import TopicSettings
 
 
 @dataclass(frozen=True)
@@ -40,11 +44,19 @@ def refusal_reason(dead: DeadLetter, max_replays: int) -> str | None:
     """Why a dead letter must not be replayed, or None (pure)."""
     if dead.record["original_value"] is None:
         return "no original value to replay"
-    if dead.record["stage"] == "decode":
+    if dead.record["stage"] == "decode" or not _decodes(dead.record["original_value"]):
         return "undecodable record: replaying the same bytes cannot succeed"
     if dead.replays >= max_replays:
         return f"replayed {dead.replays} times already (max {max_replays})"
     return None
+
+
+def _decodes(value: bytes) -> bool:
+    try:
+        codec(REQUEST).decode(value)
+    except DecodeError:
+        return False
+    return True
 
 
 def plan(dead_letters: Iterable[DeadLetter], already: set[str], max_replays: int) -> ReplayReport:
@@ -77,13 +89,15 @@ class Replayer:
     def __init__(
         self,
         kafka_config: dict[str, Any],
-        requests_topic: str,
+        topics: TopicSettings,
         markers_topic: str,
         txn_id: str,
         max_attempts: int = 8,
     ) -> None:
         self._transactions = TransactionalProducer(kafka_config, txn_id)
-        self._requests_topic = requests_topic
+        self._kafka_config = kafka_config
+        self._topics = topics
+        self._layout = topics.request_layout()
         self._markers_topic = markers_topic
         self._max_attempts = max_attempts
 
@@ -94,6 +108,10 @@ class Replayer:
         batch_size: int = 100,
         on_progress: Callable[[int], None] = lambda _: None,
     ) -> None:
+        # Their models' topics exist before anything is published to them (a model
+        # registered once stays registered; this only recreates what was deleted).
+        models = {self._model_of(dead) for dead in dead_letters}
+        register_models(self._kafka_config, self._topics, models, "dlq replay")
         try:
             self._retrying("init", self._transactions.open)
             started = time.monotonic()
@@ -127,6 +145,16 @@ class Replayer:
                 KAFKA_RETRIES.labels("dlq", operation).inc()
                 time.sleep(jittered_backoff_s(attempt))
 
+    @staticmethod
+    def _model_of(dead: DeadLetter) -> str:
+        """The request's model (plan() refused undecodable ones)."""
+        return str(codec(REQUEST).decode(dead.record["original_value"])["model"])
+
+    def _topic_of(self, dead: DeadLetter) -> str:
+        """The requests topic of the request's model: a dead letter written before
+        topics per model replays into its model's topic too."""
+        return self._layout.topic(self._model_of(dead))
+
     def _records(self, chunk: list[DeadLetter]) -> list[OutRecord]:
         """Each dead letter's original bytes to its original partition, and its marker."""
         records = []
@@ -138,7 +166,7 @@ class Replayer:
             ]
             records.append(
                 OutRecord(
-                    self._requests_topic,
+                    self._topic_of(dead),
                     record["original_key"],
                     record["original_value"],
                     headers,

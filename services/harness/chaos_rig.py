@@ -24,6 +24,7 @@ from services.harness.kafka import unique_topics, wait_for
 from services.harness.pipeline import (
     Outcomes,
     outcomes,
+    owned_partitions,
     publish_to,
     request_record,
     start_follower,
@@ -35,6 +36,7 @@ from services.inference.worker import EXIT_TRANSACTION_HUNG
 from services.kafka import local_broker
 from services.kafka.consumers import ConsumerRole, make_consumer
 from services.lanes import Lane
+from services.routing import ModelPartition
 from services.settings import CommonSettings, TopicSettings
 
 JOB = "chaos"
@@ -261,11 +263,9 @@ class ChaosRig:
 
         wait_for(advanced, timeout_s, what, interval_s=0.2)
 
-    def owned(self) -> dict[str, set[int]]:
+    def owned(self) -> dict[str, set[ModelPartition]]:
         """Partitions each live worker reports owning, from the scheduler's view."""
-        reply = httpx.get(f"{self.url}/workers", headers=self._ops_headers, timeout=5)
-        workers = reply.json()["workers"]
-        return {w["worker_id"]: set(w["owned"]) for w in workers if w["alive"]}
+        return owned_partitions(self.url, self._ops_headers)
 
     def job_count(self) -> int:
         try:
@@ -322,7 +322,7 @@ class _Feeder:
                     index = len(rig.records)
                     record = request_record(JOB, index, max_tokens=MAX_TOKENS)
                     self._producer.produce(
-                        rig.topics.requests,
+                        rig.topics.requests_of(record["model"]),
                         codec(REQUEST).encode(record),
                         key=record["request_id"].encode(),
                         partition=rig._lanes[index % len(rig._lanes)],

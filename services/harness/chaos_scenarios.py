@@ -27,11 +27,12 @@ from services.harness.chaos_rig import HEARTBEAT_TIMEOUT_S, ChaosRig
 from services.harness.kafka import wait_for
 from services.harness.pipeline import batch_line, ingest_env, start_ingest_process, submit_batch
 from services.kafka import local_broker
+from services.routing import ModelPartition
 
 BROKER_AWAY_S = 2.0
 
 
-def _holder(rig: ChaosRig) -> tuple[str, set[int]]:
+def _holder(rig: ChaosRig) -> tuple[str, set[ModelPartition]]:
     """The rig's worker owning the most partitions (partitions stay put unless forced)."""
     owned = wait_for(
         lambda: {n: ps for n, ps in rig.owned().items() if n in rig.workers and ps} or None,
@@ -42,7 +43,7 @@ def _holder(rig: ChaosRig) -> tuple[str, set[int]]:
     return name, owned[name]
 
 
-def _moved_away(rig: ChaosRig, name: str, held: set[int], since: float) -> float:
+def _moved_away(rig: ChaosRig, name: str, held: set[ModelPartition], since: float) -> float:
     def moved() -> bool:
         rig.supervise()
         others = rig.owned()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,8 @@ from services.harness.ports import free_port
 from services.harness.processes import ServiceProcess
 from services.ingest.admission.validation import request_id_for
 from services.kafka.consumers import byte_headers
+from services.models.registry import register_models
+from services.routing import ModelPartition, decode_partitions
 from services.settings import TopicSettings
 
 
@@ -38,7 +40,14 @@ def request_record(job: str, index: int, lane: str = "normal", **body: Any) -> d
     }
 
 
-def batch_line(custom_id: str, model: str = "kbatch-sim", max_tokens: int = 8) -> str:
+def batch_line(
+    custom_id: str,
+    model: str = "kbatch-sim",
+    max_tokens: int = 8,
+    content: str | None = None,
+    **body: Any,
+) -> str:
+    """One chat-completions line; `content` defaults to one naming the line."""
     return json.dumps(
         {
             "custom_id": custom_id,
@@ -46,8 +55,9 @@ def batch_line(custom_id: str, model: str = "kbatch-sim", max_tokens: int = 8) -
             "url": "/v1/chat/completions",
             "body": {
                 "model": model,
-                "messages": [{"role": "user", "content": f"score {custom_id}"}],
+                "messages": [{"role": "user", "content": content or f"score {custom_id}"}],
                 "max_tokens": max_tokens,
+                **body,
             },
         }
     )
@@ -74,6 +84,18 @@ def submit_batch(client: httpx.Client, content: bytes, filename: str, priority: 
     return str(created.json()["id"])
 
 
+_REGISTERED: set[tuple[str, str, str]] = set()  # (bootstrap, prefix, model)
+
+
+def registered(bootstrap: str, topics: TopicSettings, models: Iterable[str]) -> None:
+    """The models registered (their requests topics made), as a worker or ingest would;
+    once per process for each."""
+    wanted = {m for m in models if (bootstrap, topics.prefix, m) not in _REGISTERED}
+    if wanted:
+        register_models({"bootstrap.servers": bootstrap}, topics, wanted, "harness")
+        _REGISTERED.update((bootstrap, topics.prefix, m) for m in wanted)
+
+
 def publish(
     bootstrap: str, topics: TopicSettings, records: list[dict[str, Any]], raw: Sequence[bytes] = ()
 ) -> None:
@@ -88,18 +110,23 @@ def publish_to(
     records: list[dict[str, Any]],
     partitions: Sequence[int],
     raw: Sequence[bytes] = (),
+    raw_model: str = "kbatch-sim",
 ) -> None:
-    """Records spread round-robin over `partitions`."""
+    """Records spread round-robin over `partitions` of their model's requests topic;
+    `raw` values into `raw_model`'s."""
+    registered(bootstrap, topics, {r["model"] for r in records} | ({raw_model} if raw else set()))
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
     for i, record in enumerate(records):
         producer.produce(
-            topics.requests,
+            topics.requests_of(record["model"]),
             codec(REQUEST).encode(record),
             key=record["request_id"].encode(),
             partition=partitions[i % len(partitions)],
         )
     for i, value in enumerate(raw):
-        producer.produce(topics.requests, value, partition=partitions[i % len(partitions)])
+        producer.produce(
+            topics.requests_of(raw_model), value, partition=partitions[i % len(partitions)]
+        )
     unsent = producer.flush(30)
     if unsent:
         raise AssertionError(f"{unsent} request record(s) not acknowledged in 30 s")
@@ -134,6 +161,17 @@ def outcomes(bootstrap: str, topics: TopicSettings, expect: int, timeout_s: floa
         if found.total >= expect or time.monotonic() > deadline:
             return found
         time.sleep(0.5)
+
+
+def owned_partitions(
+    scheduler_url: str, headers: dict[str, str] | None = None
+) -> dict[str, set[ModelPartition]]:
+    """What each live worker reports holding, per the scheduler's /workers view."""
+    reply = httpx.get(f"{scheduler_url}/workers", headers=headers or {}, timeout=5)
+    workers = reply.raise_for_status().json()["workers"]
+    return {
+        w["worker_id"]: set(decode_partitions(w["owned_partitions"])) for w in workers if w["alive"]
+    }
 
 
 def shared_env(bootstrap: str, topics: TopicSettings) -> dict[str, str]:

@@ -105,7 +105,7 @@ class Commits:
             metrics.COMMIT_SECONDS.observe(asyncio.get_running_loop().time() - started)
             metrics.COMMITS.inc()
             results = sum(1 for r in plan.outputs if r.topic == self._results_topic)
-            metrics.RESULTS.labels(self._engine_name).inc(results)
+            metrics.RESULTS.labels(self._engine_name, part.key.model).inc(results)
             part.progress.committed(plan)
 
     async def _abandon(self, part: OwnedPartition, call: asyncio.Future[None]) -> None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Set
+from collections.abc import Hashable, Mapping, Set
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from services.lanes import LANE_ORDER, Lane
+
+# A partition as the worker keys it (a model and a partition of its topic).
+Key = TypeVar("Key", bound=Hashable)
 
 
 @dataclass(frozen=True)
@@ -28,8 +32,8 @@ def room(state: FlowState) -> int:
 
 
 def paused_partitions(
-    state: FlowState, owned: Set[int], releasing: Set[int], gated: Set[int] = frozenset()
-) -> set[int]:
+    state: FlowState, owned: Set[Key], releasing: Set[Key], gated: Set[Key] = frozenset()
+) -> set[Key]:
     """Partitions to pause: all while the worker takes no work at all (stopping, unhealthy),
     else those being released and those a higher lane's backlog holds back.
 
@@ -44,19 +48,19 @@ def paused_partitions(
 
 
 @dataclass(frozen=True)
-class LaneGate:
+class LaneGate(Generic[Key]):
     """This round's lane decision."""
 
     busy_rank: int | None = None  # the best lane with records waiting (LANE_ORDER index)
-    paused: frozenset[int] = frozenset()  # lower-lane partitions not to fetch from now
+    paused: frozenset[Key] = frozenset()  # lower-lane partitions not to fetch from now
 
 
 def lane_gate(
-    lanes: Mapping[int, Lane],
-    backlog: Mapping[int, int | None],
+    lanes: Mapping[Key, Lane],
+    backlog: Mapping[Key, int | None],
     held: int,
     hold_window: int,
-) -> LaneGate:
+) -> LaneGate[Key]:
     """The best lane with records waiting, and the lower-lane partitions to pause.
 
     While a higher lane has records waiting, lower-lane records the worker takes are

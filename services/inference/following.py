@@ -12,10 +12,11 @@ from services.errors import DecodeError
 from services.kafka.consumers import ConsumerRole, make_consumer
 from services.kafka.reader import TopicReader
 from services.logs import get_logger
+from services.routing import ModelPartition, decode_partitions
 
 log = get_logger("following")
 
-OnAssignment = Callable[[int, set[int]], None]
+OnAssignment = Callable[[int, set[ModelPartition]], None]
 OnRecord = Callable[[bytes, bytes | None], None]
 
 
@@ -64,6 +65,7 @@ def assignment_handler(worker_id: str, on_assignment: OnAssignment) -> OnRecord:
     def handle(key: bytes, value: bytes | None) -> None:
         if key != worker_id.encode():
             return
+        partitions: set[ModelPartition]
         if value is None:
             generation, partitions = newest[0] + 1, set()  # the scheduler forgot us
         else:
@@ -74,24 +76,29 @@ def assignment_handler(worker_id: str, on_assignment: OnAssignment) -> OnRecord:
                 return
             if record["generation"] <= newest[0]:
                 return
-            generation, partitions = record["generation"], set(record["partitions"])
+            generation = record["generation"]
+            partitions = set(decode_partitions(record["model_partitions"]))
         newest[0] = generation
-        log.info("assignment received", generation=generation, partitions=sorted(partitions))
+        log.info(
+            "assignment received",
+            generation=generation,
+            partitions=[f"{m}/{p}" for m, p in sorted(partitions)],
+        )
         on_assignment(generation, partitions)
 
     return handle
 
 
 def cancellation_handler(
-    cancelled: set[str], on_cancelled: Callable[[str], object] = lambda _: None
+    cancelled: dict[str, str], on_cancelled: Callable[[str], object] = lambda _: None
 ) -> OnRecord:
-    """Maintains the set of cancelled (or expired) job ids from the jobs topic, and tells
-    `on_cancelled` (from the follower's thread) of each newly cancelled job."""
+    """Maintains the cancelled (or expired) job ids, with the reason, from the jobs topic,
+    and tells `on_cancelled` (from the follower's thread) of each newly cancelled job."""
 
     def handle(key: bytes, value: bytes | None) -> None:
         job_id = key.decode()
         if value is None:
-            cancelled.discard(job_id)
+            cancelled.pop(job_id, None)
             return
         try:
             record = codec(JOB).decode(value)
@@ -100,7 +107,7 @@ def cancellation_handler(
             return
         if record["cancelled"] and job_id not in cancelled:
             log.info("job cancelled", job_id=job_id, reason=record["cancel_reason"])
-            cancelled.add(job_id)
+            cancelled[job_id] = record["cancel_reason"] or "cancelled"
             on_cancelled(job_id)
 
     return handle

@@ -13,6 +13,7 @@ from services.inference.gpu import GpuReport
 from services.kafka.producer import AsyncProducer, DeliveryBatch
 from services.lifecycle import wait_event
 from services.logs import get_logger
+from services.routing import ModelPartition, encode_partitions
 
 log = get_logger("heartbeat")
 
@@ -30,7 +31,7 @@ def heartbeat_record(
     draining: bool,
     leaving: bool,
     generation: int,
-    owned: set[int],
+    owned: set[ModelPartition],
 ) -> dict[str, Any]:
     """One heartbeat; the GPU summary is the worst board's figures."""
     samples = gpu.samples if gpu is not None else ()
@@ -47,7 +48,8 @@ def heartbeat_record(
         "draining": draining,
         "leaving": leaving,
         "generation": generation,
-        "owned": sorted(owned),
+        "owned": [],
+        "owned_partitions": encode_partitions(owned),
         "engine": engine,
         "served_models": list(served_models),
         "sent_at_ms": int(time.time() * 1000),

@@ -61,7 +61,9 @@ class EndOffsetsProbe:
             await asyncio.to_thread(probe.close)
 
 
-def current_gate(ownership: Ownership, ends: dict[PartitionKey, int], hold_window: int) -> LaneGate:
+def current_gate(
+    ownership: Ownership, ends: dict[PartitionKey, int], hold_window: int
+) -> LaneGate[PartitionKey]:
     """Lower-lane partitions held back while a higher lane has records waiting.
 
     A partition's backlog runs from the worker's next position: one past the last

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import sys
 from collections.abc import Iterator
 from typing import Any
 
+from confluent_kafka import KafkaException
 from starlette.applications import Starlette
 
 from services import build_info
-from services.errors import DeliveryError
+from services.errors import DeliveryError, KbatchError
 from services.inference import metrics
 from services.inference.engines import build_engine
 from services.inference.following import (
@@ -24,9 +26,12 @@ from services.inference.heartbeat import HeartbeatPublisher, heartbeat_record
 from services.inference.settings import InferenceSettings, parse_partitions
 from services.inference.worker import Worker
 from services.kafka.producer import AsyncProducer
+from services.kafka.retries import KAFKA_RETRIES, jittered_backoff_s
 from services.lifecycle import exit_now, install_stop_signals
 from services.logs import configure_logging, get_logger
+from services.models.registry import register_models
 from services.ops_http import make_server, ops_routes, serve_until
+from services.routing import ModelPartition, encode_partitions
 
 log = get_logger("inference")
 
@@ -71,8 +76,8 @@ def _health(worker: Worker, gpu: GpuWatch) -> tuple[bool, dict[str, Any]]:
         "degraded": dict(worker.degraded),
         "worker_id": worker.options.worker_id,
         "engine": worker.engine.name,
-        "served_model": worker.engine.served_model,
-        "owned_partitions": sorted(worker.owned),
+        "served_models": list(worker.engine.served_models),
+        "owned_partitions": encode_partitions(worker.owned),
         "dead": worker.dead_reason,
         "gpu": list(gpu.reasons),
     }
@@ -84,7 +89,7 @@ async def _run(settings: InferenceSettings) -> int:
     install_stop_signals(stop)
     engine = build_engine(options)
     log.warning(
-        "engine selected", engine=engine.name, model=options.model, served=engine.served_model
+        "engine selected", engine=engine.name, model=options.model, served=engine.served_models
     )
     worker = Worker(settings, engine)
     gpu = GpuWatch(worker, gpu_required=options.engine == "vllm")
@@ -104,13 +109,11 @@ async def _run(settings: InferenceSettings) -> int:
             options.heartbeat_interval_s,
         )
         worker.on_ownership_changed = heartbeats.send_soon
-        if not options.follow_scheduler:
-            worker.set_assignment(parse_partitions(options.partitions))
         stack.enter_context(_following(settings, worker, asyncio.get_running_loop()))
         tasks = [
             asyncio.create_task(serve_until(server, server_stop)),
             asyncio.create_task(gpu.watch()),
-            asyncio.create_task(heartbeats.run()),
+            asyncio.create_task(_announce(settings, worker, heartbeats)),
         ]
         try:
             code = await worker.run(stop)
@@ -133,6 +136,38 @@ async def _run(settings: InferenceSettings) -> int:
     return code
 
 
+async def _announce(
+    settings: InferenceSettings, worker: Worker, heartbeats: HeartbeatPublisher
+) -> None:
+    """Once the engine has started (an `openai` engine may learn its models then):
+    register the models it serves, take static partitions of each, then heartbeat."""
+    await worker.engine_ready.wait()
+    models = worker.engine.served_models
+    for model in models:  # series from zero, so rates and alerts exist before any event
+        metrics.RESULTS.labels(worker.engine.name, model)
+        metrics.MISROUTED.labels(model)
+    worker_id = settings.inference.worker_id
+    for attempt in itertools.count(1):
+        try:
+            await asyncio.to_thread(
+                register_models,
+                settings.kafka_config(),
+                settings.topics,
+                models,
+                f"worker {worker_id}",
+            )
+            break
+        except (KafkaException, KbatchError, TimeoutError) as exc:
+            # Unregistered, its models' requests could not be admitted: keep trying.
+            KAFKA_RETRIES.labels("inference", "register_models").inc()
+            log.warning("models not registered yet; retrying", error=str(exc), attempt=attempt)
+            await asyncio.sleep(jittered_backoff_s(attempt))
+    if not settings.inference.follow_scheduler:
+        partitions = parse_partitions(settings.inference.partitions)
+        worker.set_assignment({ModelPartition(m, p) for m in models for p in partitions})
+    await heartbeats.run()
+
+
 def _close_heartbeats(producer: AsyncProducer) -> None:
     """Heartbeats are snapshots: one the cluster could not take is not worth a crash."""
     try:
@@ -148,7 +183,7 @@ def _heartbeat(worker: Worker, gpu: GpuWatch, leaving: bool) -> dict[str, Any]:
         pool=options.pool,
         capacity=options.capacity,
         engine=worker.engine.name,
-        served_models=(worker.engine.served_model,),
+        served_models=worker.engine.served_models,
         healthy=worker.dead_reason is None and worker.accepting_work,
         reasons=gpu.reasons + ((worker.dead_reason,) if worker.dead_reason else ()),
         gpu=gpu.report,
@@ -166,7 +201,7 @@ def _following(
     """Follow the control topics: cancelled jobs always, assignments when told to.
     Assignments are applied on the event loop's thread."""
 
-    def deliver(generation: int, partitions: set[int]) -> None:
+    def deliver(generation: int, partitions: set[ModelPartition]) -> None:
         loop.call_soon_threadsafe(worker.set_assignment, partitions, generation)
 
     followers = [

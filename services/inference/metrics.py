@@ -22,7 +22,14 @@ OWNED_PARTITIONS = Gauge("kbatch_inference_owned_partitions", "Request partition
 CANCELLED = Counter(
     "kbatch_inference_cancelled_requests_total", "Requests of cancelled jobs recorded, not run"
 )
-RESULTS = Counter("kbatch_inference_results_total", "Results committed", ["engine"])
+# Models are operator-registered, a bounded set: a label, like the engine.
+RESULTS = Counter("kbatch_inference_results_total", "Results committed", ["engine", "model"])
+MISROUTED = Counter(
+    "kbatch_inference_misrouted_requests_total",
+    "Requests for a model this worker does not serve, dead-lettered (model_not_served); "
+    "routing keeps this at 0",
+    ["model"],
+)
 DEAD_LETTERS = Counter(
     "kbatch_inference_dead_letters_total", "Records sent to the DLQ", ["stage", "error_class"]
 )

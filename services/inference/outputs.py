@@ -61,8 +61,8 @@ def result_record(
             "tenant": request["tenant"],
             "priority": request["priority"],
             "endpoint": request["endpoint"],
-            # What answered, not what was asked for (the runner refuses a mismatch).
-            "model": engine.served_model,
+            # The model asked for: one the engine serves (the runner refuses others).
+            "model": request["model"],
             "engine": engine.name,
             "worker_id": worker_id,
             "output": {
@@ -86,7 +86,7 @@ def result_record(
     headers: list[tuple[str, str | bytes | None]] = [
         ("kbatch-job-id", request["job_id"].encode()),
         ("kbatch-engine", engine.name.encode()),
-        ("kbatch-model", engine.served_model.encode()),
+        ("kbatch-model", request["model"].encode()),
     ]
     # Keyed by job so one job's results stay together, in order, on one partition.
     return OutRecord(topic, request["job_id"].encode(), value, headers)
@@ -99,9 +99,18 @@ def cancelled_record(
     worker_id: str,
     origin: Origin,
     *,
+    reason: str = "cancelled",
     results_format: ResultsFormat,
 ) -> OutRecord:
-    """The result of a request whose job was cancelled or expired before it ran."""
+    """The result of a request whose job was cancelled or expired before it ran: OpenAI's
+    `batch_cancelled` or `batch_expired` (its completion window ended first)."""
+    expired = reason == "expired"
+    error = {
+        "code": "batch_expired" if expired else "batch_cancelled",
+        "message": "the batch's completion window ended before this ran"
+        if expired
+        else "the batch was cancelled before this ran",
+    }
     return result_record(
         topic,
         request,
@@ -112,7 +121,7 @@ def cancelled_record(
         0.0,
         0.0,
         request["attempt"],
-        error={"code": "batch_cancelled", "message": "the batch was cancelled before this ran"},
+        error=error,
         results_format=results_format,
     )
 

@@ -56,10 +56,12 @@ class RequestRunner:
         metrics.QUEUE_WAIT_SECONDS.observe(queue_wait_s)
         started = time.monotonic()
         request = EngineRequest.from_record(record, record["attempt"], engine_priority)
-        served = self._engine.served_model
-        if request.model != served:
+        served = self._engine.served_models
+        if request.model not in served:
+            # Routing sends a model's requests only to its workers: a safety net, counted.
+            metrics.MISROUTED.labels(request.model).inc()
             refusal = ModelNotServedError(
-                f"this worker serves {served!r}, not the requested model {request.model!r}"
+                f"this worker serves {', '.join(served)}, not the requested model {request.model!r}"
             )
             return [self._dead_letter(origin, record, refusal, "model_not_served", 0)]
         tries = Tries()

@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from services.errors import ConfigurationError
 from services.settings import CommonSettings
 
 # A one-sequence engine (llamacpp) with an in-flight cap of 2 had one request queued behind
@@ -92,6 +93,11 @@ class OpenAIEngineOptions(BaseModel):
     max_concurrency: int = Field(64, ge=1, description="requests outstanding at the server")
     timeout_s: float = Field(600.0, gt=0, description="one request's limit (a transient error)")
     connect_timeout_s: float = Field(10.0, gt=0, description="connection limit")
+    models_from_server: bool = Field(
+        False,
+        description="serve every model the server lists at GET /v1/models (read at start), "
+        "each under its own name; the worker's one capacity is shared by them",
+    )
 
 
 class GpuHealthOptions(BaseModel):
@@ -123,6 +129,12 @@ class InferenceOptions(BaseModel):
         None,
         description="the model name requests must ask for and results carry; unset: the "
         "GGUF file's stem, else `model`",
+    )
+    served_model_names: tuple[str, ...] = Field(
+        (),
+        description="JSON list: several model names this worker answers for, one capacity "
+        "shared by them (simulated: any; openai: each sent to the server as named); "
+        "overrides served_model_name; vllm and llamacpp hold one model each",
     )
     worker_id: str = Field(default_factory=_default_worker_id, description="unique worker name")
     pool: Literal["dedicated", "spot"] = Field("dedicated", description="capacity pool")
@@ -192,6 +204,22 @@ class InferenceOptions(BaseModel):
     def served_model(self) -> str:
         """The model name this worker answers for (like vLLM's --served-model-name)."""
         return self.served_model_name or served_name_of(self.model)
+
+    @property
+    def served_models(self) -> tuple[str, ...]:
+        """Every model name this worker answers for, as configured (an `openai` engine
+        with models_from_server adds the server's at start)."""
+        return self.served_model_names or (self.served_model,)
+
+
+def one_served_model(options: InferenceOptions, engine: str) -> str:
+    """The one model name an engine that loads one model answers for."""
+    if len(options.served_models) != 1:
+        raise ConfigurationError(
+            f"the {engine} engine holds one model; run a worker per model "
+            f"(served_model_names lists {len(options.served_models)})"
+        )
+    return options.served_models[0]
 
 
 def served_name_of(model: str) -> str:

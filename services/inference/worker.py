@@ -91,7 +91,9 @@ class Worker:
         self.requests = RequestPartitions.of(settings.topics)
         self.assignment = Assignment()  # of the scheduler, applied by the main loop
         self.draining = False
-        self.cancelled_jobs: set[str] = set()  # filled from the jobs topic
+        # job id -> why it ended early (cancelled, expired), from the jobs topic
+        self.cancelled_jobs: dict[str, str] = {}
+        self.engine_ready = asyncio.Event()  # started: its served models are known
         self.on_ownership_changed: Callable[[], None] = lambda: None
         self.accepting_work = True  # cleared by an unhealthy GPU
         self.dead_reason: str | None = None
@@ -185,6 +187,7 @@ class Worker:
             probe = EndOffsetsProbe(self.settings, ownership)
             self._running = _Running(consumer, fetcher, ownership, commits, probe)
             await self.engine.start()
+            self.engine_ready.set()
             resources.push_async_callback(self.engine.close)
             metrics.ENGINE_CONCURRENCY.set(self.engine.max_concurrency)
             return await self._serve(self._running, stop)
@@ -342,6 +345,7 @@ class Worker:
             self.engine,
             self.options.worker_id,
             origin,
+            reason=self.cancelled_jobs.get(record["job_id"], "cancelled"),
             results_format=self.settings.topics.results_format,
         )
 

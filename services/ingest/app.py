@@ -31,7 +31,7 @@ from services.ingest.admission.validation import Limits, RequestContext
 from services.ingest.api.batch_api import BatchApi
 from services.ingest.api.batch_results import BatchResults
 from services.ingest.api.file_api import FileApi
-from services.ingest.api.models import ServedModels
+from services.ingest.api.models import ModelCatalog
 from services.ingest.api.openai_errors import openai_error
 from services.ingest.batches.batch_book import BatchBook
 from services.ingest.batches.batch_refresh import BatchRefresher
@@ -46,6 +46,7 @@ from services.kafka.producer import AsyncProducer
 from services.kafka.stats import stats_config
 from services.lanes import Lane
 from services.logs import get_logger
+from services.models.registry import ModelRegistry, register_models
 from services.ops_http import ops_routes
 from services.resources import data_dir
 
@@ -82,7 +83,12 @@ class IngestService:
         self.batch_api = BatchApi(files, self.options.retry_after_s, self.callers, self.usage)
         self.batch_results = BatchResults(self.collector, self.batch_api.batch_for)
         self.scheduler: httpx.AsyncClient | None = None  # opened by the lifespan
-        self.models = ServedModels(self.options.served_models, self.options.scheduler_url)
+        self.registry = ModelRegistry(
+            settings.kafka_config(), settings.topics, self._registry_changed
+        )
+        self.models = ModelCatalog(self.registry.names, self.options.scheduler_url)
+        self.batch_api.waiting_models = self.models.unserved
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -106,14 +112,18 @@ class IngestService:
                 **stats_config("ingest-producer"),
             }
         )
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self._register_configured_models)
         backlog = BacklogMonitor(
             self.settings.kafka_config(),
-            topics.requests,
             self.settings.inference_group,
-            topics.lane_layout(),
+            topics.request_layout(),
+            self.registry.names,
             self.options.backlog_refresh_s,
         )
-        with AsyncProducer(producer_config) as producer:
+        with AsyncProducer(producer_config) as producer, self.registry:
+            if not await asyncio.to_thread(self.registry.wait_for, self.options.served_models, 30):
+                raise RuntimeError("the model registry did not show ingest's own models in 30 s")
             await asyncio.to_thread(backlog.start)
             self.jobs = JobBook(producer, topics.jobs)
             await asyncio.to_thread(self.jobs.load, self.settings.kafka_config())
@@ -121,17 +131,14 @@ class IngestService:
             await asyncio.to_thread(batches.load, self.settings.kafka_config())
             pipeline = AdmissionPipeline(
                 JobLedger(self.options.tracked_jobs),
-                topics.requests,
-                topics.lane_layout(),
-                Limits(self.models.names(), self.options.max_max_tokens),
+                topics.request_layout(),
+                Limits(self.registry.names(), self.options.max_max_tokens),
                 max_line_bytes=self.options.max_line_bytes,
                 max_lines_per_job=self.options.max_lines_per_job,
             )
             self.publishing = Publishing(producer, backlog, pipeline, self.options)
             following_models = asyncio.create_task(
-                self.models.follow(
-                    self.scheduler, self.options.models_refresh_s, self._admit_models
-                )
+                self.models.follow(self.scheduler, self.options.models_refresh_s)
             )
             stop_submissions = asyncio.Event()
             submitting = self._start_submissions(backlog, stop_submissions)
@@ -151,7 +158,7 @@ class IngestService:
                 self.scheduler,
                 self.options.default_tenant,
             ).start(self.options.batch_refresh_s)
-            log.info("ingest ready", topic=topics.requests, models=sorted(self.models.names()))
+            log.info("ingest ready", models=sorted(self.models.names()))
             if not self.options.tenant_tokens and not is_loopback(self.options.http_host):
                 log.warning(
                     "ingest listens beyond this machine without tenant tokens: every caller "
@@ -199,6 +206,18 @@ class IngestService:
         )
         return asyncio.create_task(self.submissions.serve(stop), name="submissions")
 
+    def _register_configured_models(self) -> None:
+        """The operator's models (KBATCH_INGEST__SERVED_MODELS) are known from the start,
+        served or not: their requests wait for a worker."""
+        register_models(
+            self.settings.kafka_config(), self.settings.topics, self.options.served_models, "ingest"
+        )
+
+    def _registry_changed(self, names: frozenset[str]) -> None:
+        """From the registry's thread: admit the new set on the event loop."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._admit_models, names)
+
     def _admit_models(self, names: frozenset[str]) -> None:
         """Uploads and submissions admit through one pipeline: both see the new models."""
         if self.publishing is not None:
@@ -206,17 +225,16 @@ class IngestService:
             pipeline.limits = dataclasses.replace(pipeline.limits, served_models=names)
 
     async def list_models(self, _request: Request) -> Response:
-        """OpenAI's `GET /v1/models`: what this deployment answers for."""
-        return JSONResponse(self.models.document())
+        """OpenAI's `GET /v1/models`: the registered models, with live workers and backlog."""
+        backlog = self.publishing.backlog.cells() if self.publishing is not None else None
+        return JSONResponse(self.models.document(backlog))
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         if self.publishing is None:
             return False, {"reason": "starting"}
         error = self.publishing.backlog.last_error
-        for lane in Lane:
-            measured = self.publishing.backlog.backlog(lane)
-            if measured is not None:
-                metrics.LANE_BACKLOG.labels(lane.value).set(measured)
+        for lane, measured in (self.publishing.backlog.by_lane() or {}).items():
+            metrics.LANE_BACKLOG.labels(lane.value).set(measured)
         stopped = self.submissions.failure if self.submissions is not None else None
         detail = {
             "backlog_error": error,

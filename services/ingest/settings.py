@@ -19,11 +19,12 @@ class IngestOptions(BaseModel):
     http_port: int = Field(8080, description="HTTP port")
     served_models: tuple[str, ...] = Field(
         ("kbatch-sim",),
-        description="models always admitted (JSON list); models live workers declare are "
-        "added from the scheduler's /workers when scheduler_url is set",
+        description="models ingest registers at start (JSON list): admitted whether or not a "
+        "worker serves them yet (their requests wait in Kafka); workers register what they "
+        "serve themselves, and `kbatch model register` adds more",
     )
     models_refresh_s: float = Field(
-        2.0, gt=0, description="how often the workers' served models are read"
+        2.0, gt=0, description="how often GET /v1/models's live workers are read from the scheduler"
     )
     max_lines_per_job: int = Field(
         500_000, ge=1, description="lines accepted per job (their custom_ids are held in memory)"
@@ -32,7 +33,7 @@ class IngestOptions(BaseModel):
     max_max_tokens: int = Field(32_768, ge=1, description="largest max_tokens a line may ask")
     max_uploads_in_flight: int = Field(16, ge=1, description="concurrent uploads before 429")
     lane_backlog_limit: int = Field(
-        200_000, ge=1, description="unconsumed requests per lane before 429"
+        200_000, ge=1, description="unconsumed requests per cell (a model's lane) before 429"
     )
     producer_queue_limit: int = Field(
         100_000, ge=1, description="records in the producer's local queue before 429"

@@ -1,8 +1,10 @@
-"""Measure the requests backlog per lane from the broker's offsets."""
+"""Measure the requests backlog per partition and per cell from the broker's offsets."""
 
 from __future__ import annotations
 
 import threading
+from collections import Counter
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
@@ -10,6 +12,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaExcepti
 from services.kafka.consumers import ConsumerRole, make_consumer
 from services.lanes import Lane, LaneLayout, lane_backlog, unconsumed
 from services.logs import get_logger
+from services.routing import Cell, ModelPartition, RequestLayout, cell_backlog
 
 log = get_logger("lag")
 
@@ -24,15 +27,39 @@ def end_offsets(
 def listed_offsets(
     consumer: Consumer, topic: str, partitions: list[int], which: int, timeout_s: float
 ) -> dict[int, int]:
-    """Each partition's start (`which` OFFSET_BEGINNING) or end (OFFSET_END) offset, asked
-    of the broker, never librdkafka's cache, in one ListOffsets request per leader
-    (measured: 3 ms for 8 partitions, against 30 ms for one watermark query each)."""
-    asked = [TopicPartition(topic, p, which) for p in partitions]
+    """Each partition's start (`which` OFFSET_BEGINNING) or end (OFFSET_END) offset."""
+    found = listed_offsets_of(consumer, [(topic, p) for p in partitions], which, timeout_s)
+    return {partition: offset for (_, partition), offset in found.items()}
+
+
+def listed_offsets_of(
+    consumer: Consumer, where: list[tuple[str, int]], which: int, timeout_s: float
+) -> dict[tuple[str, int], int]:
+    """Start or end offsets of (topic, partition) pairs of any topics, asked of the
+    broker, never librdkafka's cache, in one ListOffsets request per leader (measured:
+    3 ms for 8 partitions, against 30 ms for one watermark query each)."""
+    if not where:
+        return {}
+    asked = [TopicPartition(topic, p, which) for topic, p in where]
     found = consumer.offsets_for_times(asked, timeout=timeout_s)
     for position in found:
         if position.error is not None:
             raise KafkaException(position.error)
-    return {position.partition: position.offset for position in found}
+    return {(position.topic, position.partition): position.offset for position in found}
+
+
+def model_end_offsets(
+    consumer: Consumer,
+    layout: RequestLayout,
+    partitions: list[ModelPartition],
+    timeout_s: float = 10,
+) -> dict[ModelPartition, int]:
+    """Last stable offsets (a read_committed consumer) of partitions of models' topics."""
+    topic_of = {where: layout.topic(where.model) for where in partitions}
+    found = listed_offsets_of(
+        consumer, [(topic_of[w], w.partition) for w in partitions], OFFSET_END, timeout_s
+    )
+    return {w: found[(topic_of[w], w.partition)] for w in partitions}
 
 
 class GroupBacklog:
@@ -88,26 +115,53 @@ class GroupBacklog:
         """Records waiting per lane."""
         return lane_backlog(layout, self.by_partition(topic, layout.total, timeout_s))
 
+    def by_model_partition(
+        self, layout: RequestLayout, models: list[str], timeout_s: float = 10
+    ) -> dict[ModelPartition, int]:
+        """Records waiting in every partition of the models' requests topics, in three
+        requests whatever the number of models (committed, starts, ends)."""
+        every = layout.all_partitions(models)
+        where = [(layout.topic(w.model), w.partition) for w in every]
+        tps = [TopicPartition(topic, p) for topic, p in where]
+        committed: dict[tuple[str, int], int | None] = {
+            (tp.topic, tp.partition): tp.offset if tp.offset >= 0 else None
+            for tp in (self._group.committed(tps, timeout=timeout_s) if tps else [])
+        }
+        lows = listed_offsets_of(self._ends, where, OFFSET_BEGINNING, timeout_s)
+        highs = listed_offsets_of(self._ends, where, OFFSET_END, timeout_s)
+        return {
+            w: unconsumed(lows[key], highs[key], committed[key])
+            for w, key in zip(every, where, strict=True)
+        }
+
+    def by_cell(
+        self, layout: RequestLayout, models: list[str], timeout_s: float = 10
+    ) -> dict[Cell, int]:
+        """Records waiting per (model, lane)."""
+        return cell_backlog(layout, self.by_model_partition(layout, models, timeout_s))
+
 
 class BacklogMonitor:
-    """Refreshes the per-lane backlog on a thread; adds what was published since."""
+    """Refreshes the backlog of every cell (model, lane) on a thread; adds what was
+    published since. The models are read at each refresh, so a model registered at
+    runtime is measured from the next one (its new topic holds nothing before)."""
 
     def __init__(
         self,
         kafka_config: dict[str, Any],
-        topic: str,
         group: str,
-        layout: LaneLayout,
+        layout: RequestLayout,
+        models: Callable[[], Iterable[str]],
         refresh_s: float,
     ) -> None:
         self._kafka_config = kafka_config
-        self._topic = topic
         self._group = group
         self._layout = layout
+        self._models = models
         self._refresh_s = refresh_s
         self._lock = threading.Lock()
-        self._measured: dict[Lane, int] | None = None
-        self._published_since = dict.fromkeys(Lane, 0)
+        self._measured: dict[Cell, int] | None = None
+        self._published_since: Counter[Cell] = Counter()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
@@ -125,16 +179,34 @@ class BacklogMonitor:
         if self._thread is not None:
             self._thread.join()
 
-    def backlog(self, lane: Lane) -> int | None:
-        """Best estimate of the lane's backlog; None until a measurement succeeded."""
+    def backlog(self, cell: Cell) -> int | None:
+        """Best estimate of the cell's backlog; None until a measurement succeeded."""
         with self._lock:
             if self._measured is None:
                 return None
-            return self._measured[lane] + self._published_since[lane]
+            return self._measured.get(cell, 0) + self._published_since[cell]
 
-    def note_published(self, lane: Lane, count: int) -> None:
+    def cells(self) -> dict[Cell, int] | None:
+        """Every cell measured or published to, with its backlog; None when unknown."""
         with self._lock:
-            self._published_since[lane] += count
+            if self._measured is None:
+                return None
+            cells = set(self._measured) | set(self._published_since)
+            return {c: self._measured.get(c, 0) + self._published_since[c] for c in cells}
+
+    def by_lane(self) -> dict[Lane, int] | None:
+        """Backlog per lane over every model; None when unknown."""
+        cells = self.cells()
+        if cells is None:
+            return None
+        totals = dict.fromkeys(Lane, 0)
+        for cell, waiting in cells.items():
+            totals[cell.lane] += waiting
+        return totals
+
+    def note_published(self, cell: Cell, count: int) -> None:
+        with self._lock:
+            self._published_since[cell] += count
 
     def _run(self, reader: GroupBacklog) -> None:
         with reader:
@@ -143,9 +215,9 @@ class BacklogMonitor:
 
     def _refresh(self, reader: GroupBacklog) -> None:
         with self._lock:
-            pending = dict(self._published_since)
+            pending = Counter(self._published_since)
         try:
-            measured = reader.by_lane(self._topic, self._layout)
+            measured = reader.by_cell(self._layout, sorted(set(self._models())))
         except KafkaException as exc:
             # Admission then refuses (backlog unknown) rather than guessing; see backlog().
             self.last_error = str(exc)
@@ -157,6 +229,6 @@ class BacklogMonitor:
             self._measured = measured
             # Records published while the measurement ran may or may not be in it:
             # keep them counted (conservative) and drop only what preceded it.
-            for lane in Lane:
-                self._published_since[lane] -= pending[lane]
+            self._published_since.subtract(pending)
+            self._published_since = +self._published_since
         self.last_error = None

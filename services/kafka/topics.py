@@ -29,12 +29,6 @@ def topic_catalog(topics: TopicSettings) -> list[TopicSpec]:
     compacted = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
     return [
         TopicSpec(
-            topics.requests,
-            topics.lane_layout().total,
-            "requests, partitions grouped into lanes high|normal|low",
-            {"retention.ms": str(7 * _DAY_MS)},
-        ),
-        TopicSpec(
             topics.results,
             topics.results_partitions,
             "results (exactly once)",
@@ -42,6 +36,9 @@ def topic_catalog(topics: TopicSettings) -> list[TopicSpec]:
         ),
         TopicSpec(
             topics.dlq, topics.dlq_partitions, "dead letters", {"retention.ms": str(30 * _DAY_MS)}
+        ),
+        TopicSpec(
+            topics.models, 1, "model registry: model id -> requests topic (compacted)", compacted
         ),
         TopicSpec(topics.heartbeats, 1, "worker heartbeats", {"retention.ms": str(3600 * 1000)}),
         TopicSpec(topics.assignments, 1, "partition assignments (compacted)", compacted),
@@ -67,6 +64,17 @@ def topic_catalog(topics: TopicSettings) -> list[TopicSpec]:
             {"retention.ms": str(30 * _DAY_MS)},
         ),
     ]
+
+
+def model_topic_spec(topics: TopicSettings, model: str) -> TopicSpec:
+    """A model's requests topic: created when the model is registered."""
+    layout = topics.request_layout()
+    return TopicSpec(
+        layout.topic(model),
+        layout.partitions_per_model,
+        f"requests for model {model}, partitions grouped into lanes high|normal|low",
+        {"retention.ms": str(7 * _DAY_MS)},
+    )
 
 
 def ensure_topics(

@@ -24,6 +24,13 @@ class Dashboard:
     uid: str
     title: str
     panels: tuple[Panel, ...]
+    # A Grafana variable over this label's values: the panels repeat as a row per value,
+    # their queries selecting it as `$<label>` (e.g. a row per model).
+    repeat_by: str | None = None
+    repeat_values: str = ""  # the PromQL series whose label values the variable lists
+
+
+MODEL = '{model=~"$model"}'
 
 
 @dataclass(frozen=True)
@@ -158,13 +165,13 @@ DASHBOARDS: tuple[Dashboard, ...] = (
             ),
             Panel(
                 "Partitions assigned by lane",
-                ("kbatch_scheduler_partitions_assigned",),
+                ("sum by (lane) (kbatch_scheduler_partitions_assigned)",),
                 "short",
                 "{{lane}}",
             ),
             Panel(
                 "Partitions waiting by lane",
-                ("kbatch_scheduler_partitions_waiting",),
+                ("sum by (lane) (kbatch_scheduler_partitions_waiting)",),
                 "short",
                 "{{lane}}",
             ),
@@ -210,6 +217,38 @@ DASHBOARDS: tuple[Dashboard, ...] = (
                 "{{instance}} {{client}}",
             ),
         ),
+    ),
+    Dashboard(
+        "kbatch-models",
+        "kbatch / models",
+        (
+            Panel(
+                "Backlog by lane",
+                (f"sum by (model, lane) (kbatch_scheduler_backlog_requests{MODEL})",),
+                "short",
+                "{{lane}}",
+            ),
+            Panel(
+                "Results /s",
+                (f"sum by (model) (rate(kbatch_inference_results_total{MODEL}[1m]))",),
+                "reqps",
+                "{{model}}",
+            ),
+            Panel(
+                "Workers serving",
+                (f"sum by (model) (kbatch_scheduler_model_workers{MODEL})",),
+                "short",
+                "{{model}}",
+            ),
+            Panel(
+                "Partitions waiting for capacity or a worker, by lane",
+                (f"sum by (model, lane) (kbatch_scheduler_partitions_waiting{MODEL})",),
+                "short",
+                "{{lane}}",
+            ),
+        ),
+        repeat_by="model",
+        repeat_values="kbatch_scheduler_model_workers",
     ),
 )
 
@@ -265,6 +304,23 @@ ALERTS: tuple[Alert, ...] = (
         "sum(rate(kbatch_inference_transaction_aborts_total[5m]))",
     ),
     Alert(
+        "KbatchModelWithoutWorker",
+        "sum by (model) (kbatch_scheduler_backlog_requests) > 0"
+        " and on (model) kbatch_scheduler_model_workers == 0",
+        "5m",
+        "page",
+        "A model has requests waiting and no live worker serving it",
+        "kbatch_scheduler_model_workers",
+    ),
+    Alert(
+        "KbatchMisroutedRequests",
+        "sum(increase(kbatch_inference_misrouted_requests_total[10m])) > 0",
+        "0m",
+        "ticket",
+        "A worker received requests for a model it does not serve (dead-lettered)",
+        "sum(kbatch_inference_misrouted_requests_total)",
+    ),
+    Alert(
         "KbatchPartitionsWaiting",
         "sum(kbatch_scheduler_partitions_waiting) > 0",
         "30m",
@@ -275,14 +331,22 @@ ALERTS: tuple[Alert, ...] = (
 )
 
 
+def _panel_exprs() -> list[str]:
+    """Panel queries as Prometheus gets them: a repeated row's variable selects all."""
+    return [
+        e.replace(f"${d.repeat_by}", ".+") if d.repeat_by else e
+        for d in DASHBOARDS
+        for p in d.panels
+        for e in p.exprs
+    ]
+
+
 def all_exprs() -> list[str]:
     """Every expression a dashboard draws or a rule evaluates."""
-    exprs = [e for d in DASHBOARDS for p in d.panels for e in p.exprs]
-    return exprs + [a.expr for a in ALERTS]
+    return _panel_exprs() + [a.expr for a in ALERTS]
 
 
 def data_exprs() -> list[str]:
     """The expressions that must return data while kbatch runs: every panel and every
     rule's signal (a rule's condition is rightly empty while all is well)."""
-    exprs = [e for d in DASHBOARDS for p in d.panels for e in p.exprs]
-    return exprs + [a.signal for a in ALERTS]
+    return _panel_exprs() + [a.signal for a in ALERTS]

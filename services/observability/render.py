@@ -20,7 +20,22 @@ DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
 
 
 def dashboard_json(dashboard: Dashboard) -> dict[str, Any]:
-    panels = []
+    panels: list[dict[str, Any]] = []
+    top = 0
+    if dashboard.repeat_by:
+        # A row repeated per value of the variable: Grafana copies the panels under it.
+        panels.append(
+            {
+                "id": len(dashboard.panels) + 1,
+                "type": "row",
+                "title": f"${dashboard.repeat_by}",
+                "repeat": dashboard.repeat_by,
+                "collapsed": False,
+                "gridPos": {"h": 1, "w": 24, "x": 0, "y": 0},
+                "panels": [],
+            }
+        )
+        top = 1
     for index, panel in enumerate(dashboard.panels):
         panels.append(
             {
@@ -28,7 +43,12 @@ def dashboard_json(dashboard: Dashboard) -> dict[str, Any]:
                 "type": "timeseries",
                 "title": panel.title,
                 "datasource": DATASOURCE,
-                "gridPos": {"h": 8, "w": 12, "x": 12 * (index % 2), "y": 8 * (index // 2)},
+                "gridPos": {
+                    "h": 8,
+                    "w": 12,
+                    "x": 12 * (index % 2),
+                    "y": top + 8 * (index // 2),
+                },
                 "fieldConfig": {"defaults": {"unit": panel.unit}, "overrides": []},
                 "targets": [
                     {
@@ -41,7 +61,7 @@ def dashboard_json(dashboard: Dashboard) -> dict[str, Any]:
                 ],
             }
         )
-    return {
+    board: dict[str, Any] = {
         "uid": dashboard.uid,
         "title": dashboard.title,
         "schemaVersion": 39,
@@ -50,6 +70,25 @@ def dashboard_json(dashboard: Dashboard) -> dict[str, Any]:
         "tags": ["kbatch"],
         "panels": panels,
     }
+    if dashboard.repeat_by:
+        label = dashboard.repeat_by
+        query = f"label_values({dashboard.repeat_values}, {label})"
+        board["templating"] = {
+            "list": [
+                {
+                    "name": label,
+                    "type": "query",
+                    "datasource": DATASOURCE,
+                    "query": {"query": query, "refId": label},
+                    "definition": query,
+                    "refresh": 2,
+                    "multi": True,
+                    "includeAll": True,
+                    "current": {"text": "All", "value": "$__all"},
+                }
+            ]
+        }
+    return board
 
 
 def alert_rules() -> dict[str, Any]:

@@ -23,6 +23,8 @@ from services.kafka.producer import AsyncProducer
 from services.kafka.topics import TopicSpec, ensure_topics
 from services.lifecycle import exit_now, wait_event
 from services.logs import get_logger
+from services.models.registry import ModelRegistry
+from services.routing import ModelPartition
 from services.scheduler import metrics
 from services.scheduler.book import AssignmentBook, read_published
 from services.scheduler.core import SchedulerCore
@@ -78,11 +80,13 @@ class SchedulerService:
         jobs = self.app.Table("jobs", partitions=TABLE_PARTITIONS)
         self.job_tables = JobTables(jobs, self.progress)
         self.producer = AsyncProducer(settings.kafka_config(**{"linger.ms": 0}))
+        self.registry = ModelRegistry(settings.kafka_config(), topics, self._models_changed)
         self.core = SchedulerCore(
-            topics.lane_layout(),
+            topics.request_layout(),
             AssignmentBook(self.producer, topics.assignments),
             self._read_backlog,
             self.options.heartbeat_timeout_s,
+            self.registry.names,
         )
         self._backlog_reader: GroupBacklog | None = None
         self._heartbeat_position = -1  # of the last heartbeat taken (stall watchdog)
@@ -153,9 +157,13 @@ class SchedulerService:
                 self.job_tables.records[job_id] = record
 
     # -- assignment -----------------------------------------------------------
+    def _models_changed(self, _models: frozenset[str]) -> None:
+        # From the registry's thread: a new model's partitions are placed at once.
+        self.app.loop.call_soon_threadsafe(self.core.wake.set)
+
     async def _assignment_loop(self) -> None:
         try:
-            with self.producer:
+            with self.producer, self.registry:
                 await self._assign_forever()
         finally:
             if self._backlog_reader is not None:
@@ -221,10 +229,9 @@ class SchedulerService:
             )
         return self._backlog_reader
 
-    def _read_backlog(self) -> dict[int, int]:
-        topics = self.settings.topics
-        return self._backlog_reader_or_new().by_partition(
-            topics.requests, topics.lane_layout().total
+    def _read_backlog(self, models: list[str]) -> dict[ModelPartition, int]:
+        return self._backlog_reader_or_new().by_model_partition(
+            self.settings.topics.request_layout(), models
         )
 
 
@@ -240,5 +247,14 @@ def _decode(name: str, value: bytes | None, topic: str) -> dict[str, Any] | None
 
 def _changed(before: dict[str, Any], after: dict[str, Any]) -> bool:
     """A heartbeat that changes what the assignment depends on wakes the pass loop."""
-    fields = ("healthy", "draining", "leaving", "capacity", "pool", "owned", "generation")
+    fields = (
+        "healthy",
+        "draining",
+        "leaving",
+        "capacity",
+        "pool",
+        "owned_partitions",
+        "served_models",
+        "generation",
+    )
     return any(before.get(f) != after.get(f) for f in fields)

@@ -16,18 +16,24 @@ from services.codec import ASSIGNMENT, codec
 from services.kafka.compacted import read_latest
 from services.kafka.producer import AsyncProducer, DeliveryBatch
 from services.logs import get_logger
+from services.routing import ModelPartition, decode_partitions, encode_partitions
 
 log = get_logger("book")
 
 
+Lists = Mapping[str, frozenset[ModelPartition]]
+
+
 def read_published(
     kafka_config: dict[str, Any], topic: str
-) -> dict[str, tuple[int, frozenset[int]]]:
-    """Every worker's latest (generation, partitions) on the assignments topic."""
+) -> dict[str, tuple[int, frozenset[ModelPartition]]]:
+    """Every worker's latest (generation, partitions) on the assignments topic. A v1
+    record (partitions of the one requests topic before topics per model) reads as an
+    empty list: its worker reports what it holds and the next pass decides afresh."""
 
-    def decode(value: bytes) -> tuple[int, frozenset[int]]:
+    def decode(value: bytes) -> tuple[int, frozenset[ModelPartition]]:
         record = codec(ASSIGNMENT).decode(value)
-        return record["generation"], frozenset(record["partitions"])
+        return record["generation"], decode_partitions(record["model_partitions"])
 
     return read_latest(kafka_config, topic, decode)
 
@@ -38,16 +44,14 @@ class AssignmentBook:
     def __init__(self, producer: AsyncProducer, topic: str) -> None:
         self._producer = producer
         self._topic = topic
-        self.published: dict[str, frozenset[int]] = {}
+        self.published: dict[str, frozenset[ModelPartition]] = {}
         self.generation = 0
 
-    def load(self, latest: Mapping[str, tuple[int, frozenset[int]]]) -> None:
+    def load(self, latest: Mapping[str, tuple[int, frozenset[ModelPartition]]]) -> None:
         self.published = {w: ps for w, (_, ps) in latest.items()}
         self.generation = max((g for g, _ in latest.values()), default=0)
 
-    async def publish(
-        self, lists: Mapping[str, frozenset[int]], resend: Set[str] = frozenset()
-    ) -> int:
+    async def publish(self, lists: Lists, resend: Set[str] = frozenset()) -> int:
         """Publish the lists that changed, and those of `resend` as they are, under one new
         generation; returns how many."""
         changed = {w: ps for w, ps in lists.items() if self.published.get(w) != ps or w in resend}
@@ -60,7 +64,8 @@ class AssignmentBook:
             record = {
                 "worker_id": worker_id,
                 "generation": generation,
-                "partitions": sorted(partitions),
+                "partitions": [],
+                "model_partitions": encode_partitions(partitions),
                 "assigned_at_ms": now_ms,
             }
             await self._producer.produce(
@@ -73,6 +78,6 @@ class AssignmentBook:
         log.info(
             "assignment published",
             generation=generation,
-            lists={w: sorted(ps) for w, ps in changed.items()},
+            lists={w: [f"{m}/{p}" for m, p in sorted(ps)] for w, ps in changed.items()},
         )
         return len(changed)

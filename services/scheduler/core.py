@@ -7,8 +7,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from services.lanes import Lane, LaneLayout
+from services.lanes import LANE_ORDER
 from services.logs import get_logger
+from services.routing import Cell, ModelPartition, RequestLayout
 from services.scheduler import metrics
 from services.scheduler.assignment import (
     Assignment,
@@ -22,7 +23,8 @@ from services.scheduler.fleet import WorkerState, live, reported_owned
 
 log = get_logger("scheduler")
 
-BacklogReader = Callable[[], Mapping[int, int]]
+BacklogReader = Callable[[list[str]], Mapping[ModelPartition, int]]
+KnownModels = Callable[[], frozenset[str]]
 
 
 @dataclass
@@ -31,8 +33,9 @@ class PassReport:
 
     at_ms: int = 0
     decision: Assignment = field(default_factory=lambda: Assignment({}))
-    published: Mapping[str, frozenset[int]] = field(default_factory=dict)
-    backlog: Mapping[int, int] = field(default_factory=dict)
+    published: Mapping[str, frozenset[ModelPartition]] = field(default_factory=dict)
+    backlog: Mapping[ModelPartition, int] = field(default_factory=dict)
+    serving: Mapping[str, frozenset[str]] = field(default_factory=dict)  # model -> workers
 
 
 # Longer than a worker needs to take a partition (init_transactions, committed offsets).
@@ -44,22 +47,26 @@ class SchedulerCore:
 
     def __init__(
         self,
-        layout: LaneLayout,
+        layout: RequestLayout,
         book: AssignmentBook,
         read_backlog: BacklogReader,
         heartbeat_timeout_s: float,
+        known_models: KnownModels,
     ) -> None:
         self.layout = layout
         self.book = book
         self.read_backlog = read_backlog
+        self.known_models = known_models
         self.timeout_ms = int(heartbeat_timeout_s * 1000)
-        self.decided: dict[str, frozenset[int]] = {}
-        self.orphaned: dict[int, int] = {}  # partition -> last heartbeat of its lost owner
-        self.missing_since: dict[tuple[str, int], int] = {}  # published, not reported owned
+        self.decided: dict[str, frozenset[ModelPartition]] = {}
+        # partition -> last heartbeat of its lost owner
+        self.orphaned: dict[ModelPartition, int] = {}
+        # published, not reported owned since
+        self.missing_since: dict[tuple[str, ModelPartition], int] = {}
         self.wake = asyncio.Event()
         self.last = PassReport()
 
-    def start_from(self, published: Mapping[str, frozenset[int]]) -> None:
+    def start_from(self, published: Mapping[str, frozenset[ModelPartition]]) -> None:
         self.decided = dict(published)
 
     async def run_pass(self, states: Iterable[WorkerState]) -> PassReport:
@@ -67,10 +74,12 @@ class SchedulerCore:
         states = list(states)
         alive = live(states, now_ms, self.timeout_ms)
         self._note_lost(states, alive, now_ms)
-        backlog = await asyncio.to_thread(self.read_backlog)
+        # Registered models, and any a live worker declares before its record is read.
+        models = sorted(self.known_models() | {m for s in alive for m in s.view().models})
+        backlog = await asyncio.to_thread(self.read_backlog, models)
         partitions = [
-            PartitionView(p, self.layout.lane_of(p), backlog.get(p, 0))
-            for p in range(self.layout.total)
+            PartitionView(where, self.layout.lane_of(where), backlog.get(where, 0))
+            for where in self.layout.all_partitions(models)
         ]
         decision = assign([s.view() for s in alive], partitions, self.decided)
         self.decided = dict(decision.by_worker)
@@ -84,8 +93,12 @@ class SchedulerCore:
         )
         await self.book.publish(lists, resend)
         metrics.MOVES.inc(len(decision.moved))
-        self._export(alive, decision, backlog)
-        self.last = PassReport(now_ms, decision, dict(self.book.published), dict(backlog))
+        serving = {
+            m: frozenset(s.worker_id for s in alive if m in s.view().models and s.view().eligible)
+            for m in models
+        }
+        self._export(alive, decision, backlog, serving)
+        self.last = PassReport(now_ms, decision, dict(self.book.published), dict(backlog), serving)
         return self.last
 
     def _note_lost(self, states: list[WorkerState], alive: list[WorkerState], now_ms: int) -> None:
@@ -115,7 +128,11 @@ class SchedulerCore:
                 )
 
     def _export(
-        self, alive: list[WorkerState], decision: Assignment, backlog: Mapping[int, int]
+        self,
+        alive: list[WorkerState],
+        decision: Assignment,
+        backlog: Mapping[ModelPartition, int],
+        serving: Mapping[str, frozenset[str]],
     ) -> None:
         metrics.WORKERS.clear()
         for state in alive:
@@ -124,13 +141,49 @@ class SchedulerCore:
                 view.pool.value, "healthy" if view.healthy else "unhealthy"
             ).inc()
         assigned = {p for ps in decision.by_worker.values() for p in ps}
-        for lane in Lane:
-            lane_partitions = self.layout.partitions(lane)
-            metrics.PARTITIONS_ASSIGNED.labels(lane.value).set(
-                len(assigned.intersection(lane_partitions))
-            )
-            metrics.PARTITIONS_WAITING.labels(lane.value).set(
-                len(set(decision.waiting).intersection(lane_partitions))
-            )
-            metrics.BACKLOG.labels(lane.value).set(sum(backlog.get(p, 0) for p in lane_partitions))
+        waiting = set(decision.waiting)
+        for gauge in (
+            metrics.PARTITIONS_ASSIGNED,
+            metrics.PARTITIONS_WAITING,
+            metrics.BACKLOG,
+            metrics.WORKERS_SERVING,
+        ):
+            gauge.clear()  # a model gone from the registry leaves no stale series
+        for model, workers in serving.items():
+            metrics.WORKERS_SERVING.labels(model).set(len(workers))
+            for lane in LANE_ORDER:
+                cell = self.layout.cell_partitions(Cell(model, lane))
+                labels = (model, lane.value)
+                metrics.PARTITIONS_ASSIGNED.labels(*labels).set(len(assigned.intersection(cell)))
+                metrics.PARTITIONS_WAITING.labels(*labels).set(len(waiting.intersection(cell)))
+                metrics.BACKLOG.labels(*labels).set(sum(backlog.get(p, 0) for p in cell))
         metrics.GENERATION.set(self.book.generation)
+
+
+def models_summary(layout: RequestLayout, report: PassReport) -> list[dict[str, object]]:
+    """Per model, from the last pass: backlog per lane, partitions owned and waiting,
+    the live workers serving it (a model with backlog and none waits for one)."""
+    assigned = {p for ps in report.decision.by_worker.values() for p in ps}
+    waiting = set(report.decision.waiting)
+    rows: list[dict[str, object]] = []
+    for model, workers in sorted(report.serving.items()):
+        lanes = {}
+        for lane in LANE_ORDER:
+            cell = layout.cell_partitions(Cell(model, lane))
+            lanes[lane.value] = {
+                "backlog": sum(report.backlog.get(p, 0) for p in cell),
+                "partitions_assigned": len(assigned.intersection(cell)),
+                "partitions_waiting": len(waiting.intersection(cell)),
+            }
+        backlog = sum(lane["backlog"] for lane in lanes.values())
+        rows.append(
+            {
+                "model": model,
+                "topic": layout.topic(model),
+                "workers": sorted(workers),
+                "backlog": backlog,
+                "waiting_for_worker": backlog > 0 and not workers,
+                "lanes": lanes,
+            }
+        )
+    return rows

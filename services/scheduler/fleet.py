@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from services.routing import ModelPartition, decode_partitions
 from services.scheduler.assignment import Pool, WorkerView
 
 
@@ -30,19 +31,20 @@ class WorkerState:
             worker_id=self.worker_id,
             pool=Pool(beat["pool"]),
             capacity=int(beat["capacity"]),
+            models=frozenset(beat.get("served_models") or ()),
             healthy=bool(beat["healthy"]),
             draining=bool(beat["draining"]),
         )
 
     @property
-    def owned(self) -> frozenset[int]:
-        return frozenset(self.heartbeat["owned"])
+    def owned(self) -> frozenset[ModelPartition]:
+        return decode_partitions(self.heartbeat.get("owned_partitions") or ())
 
 
 def live(states: Iterable[WorkerState], now_ms: int, timeout_ms: int) -> list[WorkerState]:
     return [s for s in states if s.alive(now_ms, timeout_ms)]
 
 
-def reported_owned(states: Iterable[WorkerState]) -> dict[str, frozenset[int]]:
+def reported_owned(states: Iterable[WorkerState]) -> dict[str, frozenset[ModelPartition]]:
     """What each live worker says it holds: moves wait for these to be let go."""
     return {s.worker_id: s.owned for s in states}

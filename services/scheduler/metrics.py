@@ -5,13 +5,23 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 WORKERS = Gauge("kbatch_scheduler_workers", "Live workers", ["pool", "health"])
+# Models are operator-registered, a bounded set: a label, like the lane.
 PARTITIONS_ASSIGNED = Gauge(
-    "kbatch_scheduler_partitions_assigned", "Request partitions with an owner", ["lane"]
+    "kbatch_scheduler_partitions_assigned",
+    "Request partitions with an owner",
+    ["model", "lane"],
 )
 PARTITIONS_WAITING = Gauge(
-    "kbatch_scheduler_partitions_waiting", "Request partitions waiting for capacity", ["lane"]
+    "kbatch_scheduler_partitions_waiting",
+    "Request partitions waiting for capacity or for a worker serving their model",
+    ["model", "lane"],
 )
-BACKLOG = Gauge("kbatch_scheduler_backlog_requests", "Requests not yet consumed", ["lane"])
+BACKLOG = Gauge("kbatch_scheduler_backlog_requests", "Requests not yet consumed", ["model", "lane"])
+WORKERS_SERVING = Gauge(
+    "kbatch_scheduler_model_workers",
+    "Live, eligible workers serving each registered model",
+    ["model"],
+)
 GENERATION = Gauge("kbatch_scheduler_assignment_generation", "Latest published generation")
 MOVES = Counter("kbatch_scheduler_partition_moves_total", "Partitions moved between workers")
 PASSES = Counter("kbatch_scheduler_assignment_passes_total", "Assignment passes", ["outcome"])

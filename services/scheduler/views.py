@@ -16,8 +16,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import SecretStr
 
 from services.ops_http import OPS_CHALLENGE, OPS_REFUSAL, ops_authorized
+from services.routing import encode_partitions
 from services.scheduler import jobs
-from services.scheduler.core import SchedulerCore
+from services.scheduler.core import SchedulerCore, models_summary
 from services.scheduler.fleet import WorkerState
 from services.scheduler.progress import JobProgress
 
@@ -72,7 +73,9 @@ def register_views(
                     **beat,
                     "alive": state.alive(now_ms, timeout_ms),
                     "seen_ago_s": round((now_ms - state.received_at_ms) / 1000, 3),
-                    "assigned": sorted(core.book.published.get(state.worker_id, frozenset())),
+                    "assigned": encode_partitions(
+                        core.book.published.get(state.worker_id, frozenset())
+                    ),
                 }
             )
         return self.json({"workers": sorted(rows, key=lambda r: r["worker_id"])})
@@ -80,9 +83,9 @@ def register_views(
     @app.page("/assignments", base=guarded)
     async def assignments_view(self: Any, request: Any) -> Any:
         last = core.last
-        decided = {w: sorted(ps) for w, ps in last.decision.by_worker.items()}
-        published = {w: sorted(ps) for w, ps in last.published.items()}
-        handing_over = sorted(
+        decided = {w: encode_partitions(ps) for w, ps in last.decision.by_worker.items()}
+        published = {w: encode_partitions(ps) for w, ps in last.published.items()}
+        handing_over = encode_partitions(
             p
             for w, ps in last.decision.by_worker.items()
             for p in ps - last.published.get(w, frozenset())
@@ -93,11 +96,19 @@ def register_views(
                 "pass_at_ms": last.at_ms,
                 "published": published,
                 "decided": decided,
-                "waiting": list(last.decision.waiting),
+                "waiting": encode_partitions(last.decision.waiting),
                 "handing_over": handing_over,
-                "backlog": {str(p): n for p, n in sorted(last.backlog.items())},
+                "backlog": [
+                    {"model": m, "partition": p, "requests": n}
+                    for (m, p), n in sorted(last.backlog.items())
+                ],
+                "models": models_summary(core.layout, last),
             }
         )
+
+    @app.page("/models", base=guarded)
+    async def models_view(self: Any, request: Any) -> Any:
+        return self.json({"models": models_summary(core.layout, core.last)})
 
     @app.page("/jobs", base=guarded)
     async def jobs_view(self: Any, request: Any) -> Any:

@@ -42,11 +42,17 @@ def _root(data_dir: Path | None) -> Path:
 
 
 def up(
-    workers: int | None = typer.Option(None, min=1, help="inference workers (default 2)"),
+    workers: int | None = typer.Option(None, min=1, help="inference workers per model (default 2)"),
     engine: str | None = typer.Option(
         None, help="simulated|llamacpp|openai|vllm; default as `kbatch demo`"
     ),
-    model: str | None = typer.Option(None, help="the workers' model (KBATCH_INFERENCE__MODEL)"),
+    model: list[str] = typer.Option(
+        [],
+        "--model",
+        help="a model for workers to serve (GGUF file, hub id, server model name); repeat "
+        "for several models on one fleet, each with its own workers; default "
+        "KBATCH_INFERENCE__MODEL, else the tiny model",
+    ),
     data_dir: Path | None = DataDirOption,
     detach: bool = typer.Option(
         False, "--detach", "-d", help="run in the background; return once every service answers"
@@ -64,6 +70,11 @@ def up(
     if running is not None:
         raise SystemExit(f"kbatch up already runs with {root} (pid {running['pid']})")
     (root / "logs").mkdir(parents=True, exist_ok=True)
+    if len(model) > 1 and "KBATCH_INFERENCE__SERVED_MODEL_NAME" in os.environ:
+        raise SystemExit(
+            "with several --model, each serves under its own name: unset "
+            "KBATCH_INFERENCE__SERVED_MODEL_NAME"
+        )
     if detach:
         _detach(root, options, model)
         return
@@ -77,7 +88,7 @@ def up(
         raise SystemExit(f"kbatch up: {exc}") from exc
 
 
-def _run(root: Path, settings: StackSettings, options: StackOptions, model: str | None) -> None:
+def _run(root: Path, settings: StackSettings, options: StackOptions, models: list[str]) -> None:
     from services.inference.settings import InferenceSettings
     from services.ingest.settings import IngestSettings
     from services.scheduler.settings import SchedulerSettings
@@ -97,8 +108,10 @@ def _run(root: Path, settings: StackSettings, options: StackOptions, model: str 
         scheduler_port=SchedulerSettings().scheduler.http_port,
         ingest_port=IngestSettings().ingest.http_port,
         workers=tuple(
-            WorkerSlot(f"worker-{i + 1}", "dedicated", worker_base + i)
-            for i in range(options.workers)
+            WorkerSlot(f"worker-{n + 1}", "dedicated", worker_base + n, engine)
+            for n, engine in enumerate(
+                engine for engine in range(len(models) or 1) for _ in range(options.workers)
+            )
         ),
         scheduler_dir=root / "scheduler",
         file_dir=root / "files",
@@ -113,9 +126,9 @@ def _run(root: Path, settings: StackSettings, options: StackOptions, model: str 
     }
     with contextlib.ExitStack() as resources:
         http = resources.enter_context(_listening(options.http_host, options.http_port))
-        chosen = prepare_engine(
-            choose_engine(options.engine), root, root / "logs", resources, model
-        )
+        engine = choose_engine(options.engine)
+        wanted: list[str | None] = [*models] or [None]
+        chosen = [prepare_engine(engine, root, root / "logs", resources, m) for m in wanted]
         services = [
             service_child(spec, shared_env, root / "logs")
             for spec in service_specs(deployment, chosen)
@@ -127,8 +140,8 @@ def _run(root: Path, settings: StackSettings, options: StackOptions, model: str 
             broker,
             services,
             f"{deployment.url(deployment.ingest_port)}/v1",
-            chosen.name,
-            chosen.served_model,
+            engine,
+            [c.served_model for c in chosen],
         )
         asyncio.run(Supervisor(stack, http).run())
 
@@ -170,13 +183,13 @@ def _listening(host: str, port: int) -> Iterator[socket.socket]:
         yield sock
 
 
-def _detach(root: Path, options: StackOptions, model: str | None) -> None:
+def _detach(root: Path, options: StackOptions, models: list[str]) -> None:
     """`kbatch up` again, in its own session, logging to logs/up.log; back once it serves."""
     from services.stack.children import KBATCH
 
     args = ["up", "--data-dir", str(root), "--workers", str(options.workers)]
     args += ["--engine", options.engine] if options.engine else []
-    args += ["--model", model] if model else []
+    args += [arg for model in models for arg in ("--model", model)]
     log = root / "logs" / "up.log"
     with log.open("ab") as out:
         process = subprocess.Popen(

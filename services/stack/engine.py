@@ -45,9 +45,13 @@ def prepare_engine(
     logs: Path,
     stack: contextlib.ExitStack,
     model: str | None = None,
+    served_name: str | None = None,
+    seed: int = 0,
 ) -> EngineChoice:
     """Model file (under `root`), server and worker settings for `name`; says plainly what
-    will answer. `model` defaults to KBATCH_INFERENCE__MODEL."""
+    will answer. `model` defaults to KBATCH_INFERENCE__MODEL, the tiny model (from `seed`)
+    when that is unset too; `served_name` to KBATCH_INFERENCE__SERVED_MODEL_NAME, else
+    the model's own name."""
     model = model or os.environ.get("KBATCH_INFERENCE__MODEL")
     own_server = "KBATCH_INFERENCE__OPENAI__BASE_URL" in os.environ
     if name == "vllm" and model is None:
@@ -56,7 +60,7 @@ def prepare_engine(
         raise SystemExit("set KBATCH_INFERENCE__MODEL to the model name your server serves")
     env: dict[str, str] = {}
     if name in ("llamacpp", "openai") and model is None:
-        model = str(ensure_tiny_model(root / "models"))
+        model = str(ensure_tiny_model(root / "models", seed))
         console.print(
             f"[bold yellow]MODEL: the tiny random-weight GGUF[/] ({model}): real llama.cpp "
             "inference, gibberish answers. Point KBATCH_INFERENCE__MODEL at your own GGUF "
@@ -64,14 +68,14 @@ def prepare_engine(
         )
     if name == "openai" and not own_server:
         assert model is not None
-        served = served_name_of(model)
+        alias = served_name or served_name_of(model)
         env["KBATCH_INFERENCE__OPENAI__BASE_URL"] = stack.enter_context(
-            llama_server(Path(model), logs / "llama-server.log", alias=served)
+            llama_server(Path(model), logs / f"llama-server-{alias}.log", alias=alias)
         )
         console.print(
             f"openai engine: llama_cpp.server at {env['KBATCH_INFERENCE__OPENAI__BASE_URL']}"
         )
-        model = served
+        model = alias
     if name == "simulated":
         console.print(
             "[bold yellow]ENGINE: simulated[/]: every output says \\[simulated] and "
@@ -79,8 +83,11 @@ def prepare_engine(
         )
     if model is not None:
         env["KBATCH_INFERENCE__MODEL"] = model
-    served = os.environ.get("KBATCH_INFERENCE__SERVED_MODEL_NAME") or served_name_of(
-        model or "kbatch-sim"
+    served = (
+        served_name
+        or os.environ.get("KBATCH_INFERENCE__SERVED_MODEL_NAME")
+        or served_name_of(model or "kbatch-sim")
     )
+    env["KBATCH_INFERENCE__SERVED_MODEL_NAME"] = served
     console.print(f"ENGINE: {name}, serving {served!r}", markup=False)
     return EngineChoice(name, {"KBATCH_INFERENCE__ENGINE": name, **env}, served)

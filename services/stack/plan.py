@@ -7,6 +7,7 @@ workers following the scheduler; this is the one place that says how they are wi
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ class WorkerSlot:
     name: str
     pool: str
     port: int
+    engine: int = 0  # which of the deployment's engines (one per model) it runs
 
 
 @dataclass(frozen=True)
@@ -45,8 +47,9 @@ class Deployment:
         return f"http://{self.host}:{port}"
 
 
-def service_specs(deployment: Deployment, engine: EngineChoice) -> list[ServiceSpec]:
-    """Scheduler, ingest, then the workers, each taking partitions from the scheduler."""
+def service_specs(deployment: Deployment, engines: Sequence[EngineChoice]) -> list[ServiceSpec]:
+    """Scheduler, ingest, then the workers, each taking partitions from the scheduler;
+    one engine per model, each worker running the one its slot names."""
     scheduler_url = deployment.url(deployment.scheduler_port)
     specs = [
         ServiceSpec(
@@ -65,14 +68,14 @@ def service_specs(deployment: Deployment, engine: EngineChoice) -> list[ServiceS
                 "KBATCH_INGEST__HTTP_PORT": str(deployment.ingest_port),
                 "KBATCH_INGEST__FILE_DIR": str(deployment.file_dir),
                 "KBATCH_INGEST__SCHEDULER_URL": scheduler_url,
-                "KBATCH_INGEST__SERVED_MODELS": json.dumps([engine.served_model]),
+                "KBATCH_INGEST__SERVED_MODELS": json.dumps([e.served_model for e in engines]),
             },
             deployment.url(deployment.ingest_port),
         ),
     ]
     for worker in deployment.workers:
         env = {
-            **engine.worker_env,
+            **engines[worker.engine].worker_env,
             "KBATCH_INFERENCE__WORKER_ID": worker.name,
             "KBATCH_INFERENCE__POOL": worker.pool,
             "KBATCH_INFERENCE__FOLLOW_SCHEDULER": "true",

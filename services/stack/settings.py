@@ -25,7 +25,7 @@ class StackOptions(BaseModel):
         description="`kbatch up`'s logs, state file, broker data, ingest files and scheduler "
         "state; the next `up` reuses them",
     )
-    workers: int = Field(2, ge=1, description="inference workers `kbatch up` starts")
+    workers: int = Field(2, ge=1, description="inference workers `kbatch up` starts per model")
     engine: EngineName | None = Field(
         None,
         description="the workers' engine; unset: vllm with a GPU and vLLM, else llamacpp on "

@@ -30,7 +30,7 @@ class StackState(TypedDict):
     bootstrap: str
     topics_prefix: str
     engine: str
-    served_model: str
+    served_models: list[str]
     services: list[ServiceRow]
 
 
@@ -120,8 +120,8 @@ def hints(state: StackState) -> str:
     return "\n".join(
         [
             f"OpenAI Batch/Files API: {state['openai_base_url']}; the workers run "
-            f"{state['engine']}, serving model {state['served_model']!r} (request lines "
-            "name it)",
+            f"{state['engine']}, serving {', '.join(map(repr, state['served_models']))} "
+            "(request lines name one)",
             f'  openai.OpenAI(base_url="{state["openai_base_url"]}", api_key="unused")',
             f"Kafka: {state['bootstrap']} (topics {state['topics_prefix']}.*)",
             f"Supervisor: {state['supervisor_url']}/healthz, /metrics "

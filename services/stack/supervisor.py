@@ -66,7 +66,7 @@ class Stack:
     services: list[Child]
     openai_base_url: str
     engine: str
-    served_model: str
+    served_models: list[str]
 
 
 class Supervisor:
@@ -93,7 +93,7 @@ class Supervisor:
             "bootstrap": self.stack.settings.bootstrap_servers,
             "topics_prefix": self.stack.settings.topics.prefix,
             "engine": self.stack.engine,
-            "served_model": self.stack.served_model,
+            "served_models": self.stack.served_models,
             "services": [child.row() for child in self.children],
         }
 

@@ -35,7 +35,7 @@ def test_a_replay_cut_by_a_broker_restart_republishes_each_record_once(tmp_path:
         for i in range(PARKED):
             request = request_record("parked", i)
             key, value = request["request_id"].encode(), codec(REQUEST).encode(request)
-            origin = Origin(topics.requests, 1, i, key, value)
+            origin = Origin(topics.requests_of("kbatch-sim"), 1, i, key, value)
             letter = dead_letter_record(
                 topics.dlq, origin, "TransientEngineError", "busy", "retries_exhausted", 4, "w",
                 request,
@@ -59,7 +59,9 @@ def test_a_replay_cut_by_a_broker_restart_republishes_each_record_once(tmp_path:
         output = (tmp_path / "replay.log").read_text()
         assert code == 0, output
         republished = wait_for(
-            lambda: _replays(broker.bootstrap, topics.requests, PARKED), 60, "the replays"
+            lambda: _replays(broker.bootstrap, topics.requests_of("kbatch-sim"), PARKED),
+            60,
+            "the replays",
         )
     finally:
         local_broker.down(broker)

@@ -58,7 +58,9 @@ def test_lines_whose_delivery_failed_are_sent_again_and_reported_once(tmp_path: 
             assert ingest.terminate() == 0, ingest.log()
         published = Counter(
             codec(REQUEST).decode(m.value())["custom_id"]
-            for m in read_topic(broker.bootstrap, topics.requests, expect=LINES, timeout_s=60)
+            for m in read_topic(
+                broker.bootstrap, topics.requests_of("kbatch-sim"), expect=LINES, timeout_s=60
+            )
         )
     finally:
         local_broker.down(broker)

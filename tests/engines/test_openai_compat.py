@@ -33,7 +33,7 @@ async def started(base_url: str, key: str | None = LLAMA_SERVER_KEY) -> OpenAICo
         timeout_s=30,
         connect_timeout_s=2,
     )
-    engine = OpenAICompatEngine("kbatch-tiny", options, "kbatch-tiny")
+    engine = OpenAICompatEngine("kbatch-tiny", options, ("kbatch-tiny",))
     await engine.start()
     return engine
 
@@ -97,5 +97,26 @@ async def test_an_unreachable_server_is_transient() -> None:
     try:
         with pytest.raises(TransientEngineError, match="unreachable"):
             await engine.generate(chat())
+    finally:
+        await engine.close()
+
+
+async def test_an_engine_serving_the_servers_models_reads_them_at_start(
+    llama_server_url: str,
+) -> None:
+    """models_from_server: the worker serves what the server lists at GET /v1/models,
+    each under its own name, sent to the server as named."""
+    options = OpenAIEngineOptions(
+        base_url=llama_server_url,
+        api_key=SecretStr(LLAMA_SERVER_KEY),
+        max_concurrency=2,
+        models_from_server=True,
+    )
+    engine = OpenAICompatEngine("unused", options, ("configured-name",))
+    await engine.start()
+    try:
+        assert engine.served_models == ("kbatch-tiny",)
+        output = await engine.generate(chat(temperature=0.0, max_tokens=4))
+        assert output.completion_tokens > 0
     finally:
         await engine.close()

@@ -66,5 +66,7 @@ def test_hostile_uploads_end_in_4xx_or_reasons(bootstrap: str, tmp_path: Path) -
         assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
     finally:
         assert ingest.process.terminate() == 0, ingest.process.log()
-    published = read_topic(bootstrap, ingest.topics.requests, expect=accepted, timeout_s=20)
+    published = read_topic(
+        bootstrap, ingest.topics.requests_of("kbatch-sim"), expect=accepted, timeout_s=20
+    )
     assert len(published) == accepted

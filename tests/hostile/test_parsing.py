@@ -24,7 +24,7 @@ CODES = {
     "invalid_line",
     "unsupported_endpoint",
     "invalid_body",
-    "unknown_model",
+    "model_not_found",
 }
 
 json_values = st.recursive(

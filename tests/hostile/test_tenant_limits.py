@@ -154,7 +154,7 @@ def _published(bootstrap: str, ingest: Ingest, job_ids: set[str]) -> dict[str, i
     """Request records on the requests topic per job, for the jobs named."""
     decode = codec(REQUEST).decode
     counted: dict[str, int] = dict.fromkeys(job_ids, 0)
-    for message in read_topic(bootstrap, ingest.topics.requests):
+    for message in read_topic(bootstrap, ingest.topics.requests_of("kbatch-sim")):
         record: dict[str, Any] = decode(message.value())
         if record["job_id"] in job_ids:
             counted[record["job_id"]] += 1

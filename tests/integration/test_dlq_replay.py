@@ -49,7 +49,7 @@ def test_replay_twice_after_an_interruption_republishes_each_once(
     third = kbatch(env, "dlq", "replay")
     assert "0 to replay (0 now), 1 refused, 7 replayed before" in " ".join(third.split())
 
-    requests = read_topic(bootstrap, topics.requests, timeout_s=10)
+    requests = read_topic(bootstrap, topics.requests_of("kbatch-sim"), timeout_s=10)
     replays = Counter(origin for m in requests if (origin := replay_of(m)) is not None)
     assert len(replays) == 7 and set(replays.values()) == {1}
     originals = {d["original_value"] for d, _ in found.dead if d["stage"] != "decode"}

@@ -72,6 +72,7 @@ async def test_a_commit_hung_past_its_timeouts_is_abandoned_and_the_partition_re
     topics = unique_topics(bootstrap, high_partitions=1, normal_partitions=1, low_partitions=1)
     normal = topics.lane_layout().total // 2  # high, normal, low: one partition each
     records = [request_record("hung", i, max_tokens=4) for i in range(REQUESTS)]
+    owned = PartitionKey(records[0]["model"], normal)  # the model's normal-lane partition
     publish_to(bootstrap, topics, records, [normal])
     env = {
         **shared_env(bootstrap, topics),
@@ -105,7 +106,7 @@ async def test_a_commit_hung_past_its_timeouts_is_abandoned_and_the_partition_re
 
     worker = Worker(settings, build_engine(settings.inference), committers=committer)
     aborts_before = hung_aborts()
-    worker.set_assignment({normal})
+    worker.set_assignment({owned})
     stop = asyncio.Event()
     running = asyncio.create_task(worker.run(stop))
     try:

@@ -111,7 +111,7 @@ def test_each_request_ends_exactly_once_as_result_or_dead_letter(
     for letter, headers in found.dead:
         by_class.setdefault(letter["error_class"], []).append(letter)
         assert headers["kbatch-dlq-error-class"].decode() == letter["error_class"]
-        assert headers["kbatch-dlq-original-topic"].decode() == topics.requests
+        assert headers["kbatch-dlq-original-topic"].decode() == topics.requests_of("kbatch-sim")
         assert letter["original_value"] is not None
     assert len(by_class["DecodeError"]) == 3  # random bytes, truncated Avro, unknown schema
     assert [d["custom_id"] for d in by_class["InvalidRequestError"]] == ["job-eo-999"]
@@ -225,7 +225,8 @@ def test_a_partition_released_and_taken_back_flows_again(bootstrap: str, tmp_pat
         record = {
             "worker_id": "back",
             "generation": generation,
-            "partitions": partitions,
+            "partitions": [],
+            "model_partitions": [{"model": "kbatch-sim", "partition": p} for p in partitions],
             "assigned_at_ms": int(time.time() * 1000),
         }
         producer.produce(topics.assignments, codec(ASSIGNMENT).encode(record), key=b"back")

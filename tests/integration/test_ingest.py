@@ -13,6 +13,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from services.codec import JOB, REQUEST, Codec, codec
 from services.harness.kafka import read_topic, unique_topics, wait_for
+from services.harness.pipeline import registered
 from services.harness.ports import free_port
 from services.harness.processes import ServiceProcess
 from services.ingest.admission.validation import request_id_for
@@ -87,7 +88,7 @@ def test_valid_file_lands_on_its_lanes_and_decodes(bootstrap: str, ingest: Inges
     assert (high.status_code, high.json()["accepted"]) == (200, 120), high.text
     assert (low.status_code, low.json()["accepted"]) == (200, 80), low.text
 
-    messages = read_topic(bootstrap, ingest.topics.requests, expect=200)
+    messages = read_topic(bootstrap, ingest.topics.requests_of("kbatch-sim"), expect=200)
     layout = ingest.topics.lane_layout()
     decoded = [(m.partition() or 0, m.key(), codec(REQUEST).decode(m.value())) for m in messages]
     assert len(decoded) == 200
@@ -131,7 +132,7 @@ def test_every_kind_of_bad_line_is_rejected_with_its_line_number(
         (2, "invalid_json"),
         (3, "invalid_utf8"),
         (4, "line_too_long"),
-        (5, "unknown_model"),
+        (5, "model_not_found"),
         (6, "invalid_body"),
         (7, "invalid_body"),
         (8, "duplicate_custom_id"),
@@ -140,7 +141,7 @@ def test_every_kind_of_bad_line_is_rejected_with_its_line_number(
         (11, "invalid_body"),
     }
     assert all(r["reason"] for r in body["rejected"])
-    published = read_topic(bootstrap, ingest.topics.requests, expect=2)
+    published = read_topic(bootstrap, ingest.topics.requests_of("kbatch-sim"), expect=2)
     assert sorted(codec(REQUEST).decode(m.value())["custom_id"] for m in published) == [
         "ok-1",
         "ok-2",
@@ -152,8 +153,10 @@ def _commit_all(bootstrap: str, topics: TopicSettings, group: str = "kbatch-infe
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
     ends = []
     for p in range(topics.lane_layout().total):
-        _, high = consumer.get_watermark_offsets(TopicPartition(topics.requests, p), timeout=10)
-        ends.append(TopicPartition(topics.requests, p, high))
+        _, high = consumer.get_watermark_offsets(
+            TopicPartition(topics.requests_of("kbatch-sim"), p), timeout=10
+        )
+        ends.append(TopicPartition(topics.requests_of("kbatch-sim"), p, high))
     consumer.commit(offsets=ends, asynchronous=False)
     consumer.close()
 
@@ -175,7 +178,9 @@ def test_backpressure_answers_429_and_accepts_again_after_drain(
         assert 50 <= body["accepted"] <= 60
         assert resume == body["accepted"] + 1
         # Nothing of the refused part was published.
-        assert len(read_topic(bootstrap, service.topics.requests)) == body["accepted"]
+        assert (
+            len(read_topic(bootstrap, service.topics.requests_of("kbatch-sim"))) == body["accepted"]
+        )
 
         again = service.upload("job-bp", lines[resume - 1 :], first_line=resume)
         assert again.status_code == 429
@@ -189,7 +194,7 @@ def test_backpressure_answers_429_and_accepts_again_after_drain(
 
         final = wait_for(drained, timeout_s=20, interval_s=0.5)
         assert final.json()["accepted"] == 100 - body["accepted"]
-        published = read_topic(bootstrap, service.topics.requests, expect=100)
+        published = read_topic(bootstrap, service.topics.requests_of("kbatch-sim"), expect=100)
         custom_ids = [codec(REQUEST).decode(m.value())["custom_id"] for m in published]
         assert sorted(custom_ids) == sorted(f"c{i}" for i in range(100))
     finally:
@@ -216,9 +221,10 @@ def test_records_of_the_previous_schema_version_decode_through_the_broker(
         "attempt": 0,
     }
     producer = Producer({"bootstrap.servers": bootstrap})
-    producer.produce(topics.requests, old.encode(record), partition=0)
+    registered(bootstrap, topics, ["kbatch-sim"])
+    producer.produce(topics.requests_of("kbatch-sim"), old.encode(record), partition=0)
     producer.flush(10)
-    [message] = read_topic(bootstrap, topics.requests, expect=1)
+    [message] = read_topic(bootstrap, topics.requests_of("kbatch-sim"), expect=1)
     decoded = codec(REQUEST).decode(message.value())
     assert codec(REQUEST).writer.version == 2
     assert decoded["trace_id"] is None  # the field v2 added, filled from its default
@@ -267,7 +273,7 @@ def test_bearer_tokens_name_the_tenant_and_are_never_logged(bootstrap: str, tmp_
         metrics = httpx.get(f"{service.url}/metrics", timeout=10).text
     finally:
         assert service.process.terminate() == 0, service.process.log()
-    published = read_topic(bootstrap, service.topics.requests, expect=2)
+    published = read_topic(bootstrap, service.topics.requests_of("kbatch-sim"), expect=2)
     assert {codec(REQUEST).decode(m.value())["tenant"] for m in published} == {"beta"}
     for secret in ("tok-acme-123", "tok-beta-456"):
         assert secret not in service.process.log() and secret not in metrics

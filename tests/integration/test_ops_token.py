@@ -115,7 +115,7 @@ def test_ingest_reads_the_scheduler_with_the_token(deployment: Deployment) -> No
         return next((m for m in listing["data"] if m["id"] == MODEL), None)
 
     model = wait_for(learned, 60, f"ingest lists {MODEL}")
-    assert model["kbatch"] == {"live_workers": 1}
+    assert model["kbatch"]["live_workers"] == 1
 
 
 def test_kbatch_status_and_the_failover_bench_send_the_token(deployment: Deployment) -> None:

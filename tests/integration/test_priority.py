@@ -168,7 +168,15 @@ def test_low_job_finishes_past_an_aborted_tail_in_the_high_lane(
     worker, _ = start_worker(bootstrap, topics, tmp_path, "w", BOTH, **FAST)
     try:
         killed = subprocess.run(
-            [sys.executable, "-c", KILLED_PRODUCER, bootstrap, topics.requests, "100", "50"],
+            [
+                sys.executable,
+                "-c",
+                KILLED_PRODUCER,
+                bootstrap,
+                topics.requests_of("kbatch-sim"),
+                "100",
+                "50",
+            ],
             capture_output=True,
             text=True,
             timeout=60,
@@ -194,7 +202,7 @@ def test_low_job_finishes_past_an_aborted_tail_in_the_high_lane(
 def _aborted(bootstrap: str, topics: TopicSettings) -> bool:
     """Whether the high partition's last stable offset passed the aborted records."""
     with GroupBacklog({"bootstrap.servers": bootstrap}, f"{topics.prefix}-probe") as reader:
-        [end] = reader.end_offsets(topics.requests, [HIGH], 5).values()
+        [end] = reader.end_offsets(topics.requests_of("kbatch-sim"), [HIGH], 5).values()
     # 100 records and a commit marker, 50 aborted records and an abort marker.
     return end >= 152
 
@@ -243,10 +251,9 @@ def test_up_runs_every_lane_from_http_and_kafka_to_the_end(bootstrap: str, tmp_p
         completion_times(bootstrap, topics, dict.fromkeys(kafka_jobs, 400), 60)
         scheduler = rows(state)["scheduler"]["url"]
 
-        def drained() -> dict[str, int] | None:
-            backlog: dict[str, int] = httpx.get(f"{scheduler}/assignments", timeout=5).json()[
-                "backlog"
-            ]
+        def drained() -> dict[tuple[str, int], int] | None:
+            listed = httpx.get(f"{scheduler}/assignments", timeout=5).json()["backlog"]
+            backlog = {(r["model"], r["partition"]): r["requests"] for r in listed}
             return backlog if backlog and not any(backlog.values()) else None
 
         wait_for(drained, 30, "the scheduler's backlog reading 0 everywhere", 0.5)

@@ -7,15 +7,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import llama_cpp
 import openai
 import pytest
 
+from services.codec import REQUEST, codec
 from services.harness.kafka import read_topic, unique_topics, wait_for
 from services.harness.pipeline import (
     ingest_env,
     outcomes,
     publish,
+    publish_to,
     request_record,
     start_follower,
     start_ingest_process,
@@ -122,8 +125,12 @@ def test_the_openai_engine_serves_through_a_real_openai_compatible_server(
     records = [tiny_record("job-oa", i, max_tokens=6) for i in range(20)]
     too_long = tiny_record("job-oa", 98, content="q" * 2000)
     other_model = {**tiny_record("job-oa", 99), "model": "some-other-model"}
-    publish(bootstrap, topics, [*records, too_long, other_model])
-    worker, _ = start_worker(
+    publish(bootstrap, topics, [*records, too_long])
+    # Routing never puts a model's request in another's topic; one put there by hand
+    # meets the worker's safety net.
+    every = range(topics.lane_layout().total)
+    publish_to(bootstrap, topics, [], every, [codec(REQUEST).encode(other_model)], TINY)
+    worker, url = start_worker(
         bootstrap, topics, tmp_path, "openai-w1", "0-3",
         ENGINE="openai", MODEL=TINY,
         OPENAI__BASE_URL=llama_server_url, OPENAI__API_KEY=LLAMA_SERVER_KEY,
@@ -131,6 +138,7 @@ def test_the_openai_engine_serves_through_a_real_openai_compatible_server(
     )  # fmt: skip
     try:
         found = outcomes(bootstrap, topics, expect=22)
+        misrouted = httpx.get(f"{url}/metrics", timeout=10).text
     finally:
         assert worker.terminate() == 0, worker.log()
 
@@ -156,6 +164,7 @@ def test_the_openai_engine_serves_through_a_real_openai_compatible_server(
     assert "maximum context length" in reasons["job-oa-98"]["error_message"]
     assert reasons["job-oa-99"]["stage"] == "model_not_served"
     assert reasons["job-oa-99"]["error_class"] == "ModelNotServedError"
+    assert 'kbatch_inference_misrouted_requests_total{model="some-other-model"} 1.0' in misrouted
 
 
 def test_kill_9_of_a_llamacpp_worker_loses_and_repeats_nothing(

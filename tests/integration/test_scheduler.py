@@ -11,6 +11,7 @@ import httpx
 from services.harness.kafka import unique_topics, wait_for
 from services.harness.pipeline import (
     outcomes,
+    owned_partitions,
     publish_to,
     request_record,
     start_follower,
@@ -23,9 +24,14 @@ FAST = {"SIMULATED__STEP_S": "0.002", "SIMULATED__MAX_NUM_SEQS": "16"}
 
 
 def owned_by(scheduler_url: str) -> dict[str, list[int]]:
-    """What each live worker reports holding, per the scheduler's /workers view."""
-    workers = httpx.get(f"{scheduler_url}/workers", timeout=5).json()["workers"]
-    return {w["worker_id"]: w["owned"] for w in workers if w["alive"]}
+    """The partitions of the one model each live worker reports holding."""
+    owned = owned_partitions(scheduler_url)
+    return {worker: sorted(p.partition for p in held) for worker, held in owned.items()}
+
+
+def waiting_partitions(scheduler_url: str) -> set[int]:
+    """The partitions of the one model waiting for capacity."""
+    return {w["partition"] for w in assignments(scheduler_url)["waiting"]}
 
 
 def assignments(scheduler_url: str) -> dict[str, Any]:
@@ -94,7 +100,7 @@ def test_waiting_low_lane_is_taken_when_a_worker_joins_and_a_restart_moves_nothi
     low = set(layout.partitions(Lane.LOW))
     spot = None
     try:
-        wait_for(lambda: set(assignments(url)["waiting"]) == low, 30, "low lane never waited")
+        wait_for(lambda: waiting_partitions(url) == low, 30, "low lane never waited")
         joined_at = time.monotonic()
         spot, _ = start_follower(bootstrap, topics, tmp_path, "s1", "spot", 2, **slow)
         wait_for(lambda: set(owned_by(url).get("s1", [])) == low, 30, "joined worker idle")

@@ -60,7 +60,7 @@ def test_kcat_submissions_become_one_result_or_one_reason_each(
         valid = [batch_line(f"ok-{i}", max_tokens=4) for i in range(VALID)]
         hostile = {
             "invalid_json": '{"custom_id": "broken", ',
-            "unknown_model": batch_line("who", model="no-such-model"),
+            "model_not_found": batch_line("who", model="no-such-model"),
             "duplicate_custom_id": batch_line("ok-0"),
             "invalid_line": json.dumps({"custom_id": "x", "method": "GET", "url": "/", "body": {}}),
         }
@@ -127,7 +127,7 @@ def test_an_ingest_killed_mid_submissions_publishes_each_line_once(
     first = ServiceProcess(["ingest"], env, tmp_path / "ingest-1.log")
     wait_for(lambda: "submissions paused" in first.log(), 60, "the consumer pausing")
     first.kill()  # whatever it had open is aborted when the next consumer takes over
-    published = len(read_topic(bootstrap, topics.requests, timeout_s=5))
+    published = len(read_topic(bootstrap, topics.requests_of("kbatch-sim"), timeout_s=5))
     assert 0 < published < len(lines), published
     second = ServiceProcess(["ingest"], env, tmp_path / "ingest-2.log")
     worker = None
@@ -173,8 +173,10 @@ def test_a_tenant_over_its_queued_limit_is_refused_line_by_line_and_others_go_on
         assert sorted(r["custom_id"] for r in rejections) == [f"a-{i}" for i in range(10, 14)]
         assert {r["code"] for r in rejections} == {"tenant_queue_limit_exceeded"}
         assert all("acme" in r["reason"] and "10" in r["reason"] for r in rejections)
-        published = read_topic(bootstrap, topics.requests, expect=13, timeout_s=60)
-        beyond = read_topic(bootstrap, topics.requests, timeout_s=3)  # and none past those
+        published = read_topic(bootstrap, topics.requests_of("kbatch-sim"), expect=13, timeout_s=60)
+        beyond = read_topic(
+            bootstrap, topics.requests_of("kbatch-sim"), timeout_s=3
+        )  # and none past those
         assert len(beyond) == len(published)
         requests = [codec(REQUEST).decode(m.value()) for m in published]
         assert Counter(r["tenant"] for r in requests) == {"acme": 10, "beta": 3}

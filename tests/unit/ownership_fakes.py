@@ -13,8 +13,22 @@ from services.inference.ownership import Assignment, Ownership
 from services.inference.request_partitions import PartitionKey, RequestPartitions
 from services.kafka.transactions import OutRecord
 from services.lanes import LaneLayout
+from services.routing import ModelPartition, RequestLayout
 
-REQUESTS = RequestPartitions("requests", LaneLayout(high=1, normal=1, low=1), "test")
+MODEL = "m"  # the one model whose requests topic the fakes own partitions of
+REQUESTS = RequestPartitions(RequestLayout("test", LaneLayout(high=1, normal=1, low=1)), "test")
+
+
+def key(partition: int) -> ModelPartition:
+    """The ownership key of one partition of MODEL's requests topic."""
+    return ModelPartition(MODEL, partition)
+
+
+def key_at(tp: TopicPartition) -> ModelPartition:
+    """The key a TopicPartition addresses; it must name MODEL's requests topic."""
+    found = key(tp.partition)
+    assert tp.topic == REQUESTS.topic_of(found), f"{tp.topic} is not {MODEL}'s requests topic"
+    return found
 
 
 def out(name: str) -> OutRecord:
@@ -24,19 +38,21 @@ def out(name: str) -> OutRecord:
 class FakeConsumer:
     """Answers committed offsets and watermarks; records assignment and pausing."""
 
-    def __init__(self, log: list[str], committed: dict[int, int] | None = None, low: int = 0):
+    def __init__(
+        self, log: list[str], committed: dict[PartitionKey, int] | None = None, low: int = 0
+    ):
         self.log = log
         self.committed_offsets = committed or {}
         self.low = low
-        self.assigned: dict[int, int] = {}  # partition -> offset it was assigned at
-        self.paused: set[int] = set()
+        self.assigned: dict[PartitionKey, int] = {}  # key -> offset it was assigned at
+        self.paused: set[PartitionKey] = set()
 
     def committed(
         self, partitions: list[TopicPartition], timeout: float = -1
     ) -> list[TopicPartition]:
         return [
             TopicPartition(
-                tp.topic, tp.partition, self.committed_offsets.get(tp.partition, OFFSET_INVALID)
+                tp.topic, tp.partition, self.committed_offsets.get(key_at(tp), OFFSET_INVALID)
             )
             for tp in partitions
         ]
@@ -44,23 +60,24 @@ class FakeConsumer:
     def get_watermark_offsets(
         self, partition: TopicPartition, timeout: float = -1, cached: bool = False
     ) -> tuple[int, int]:
+        key_at(partition)  # only MODEL's requests topic is asked about
         return self.low, self.low + 100
 
     def incremental_assign(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self.log.append(f"assign {tp.partition}@{tp.offset}")
-            self.assigned[tp.partition] = tp.offset
+            self.assigned[key_at(tp)] = tp.offset
 
     def incremental_unassign(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self.log.append(f"unassign {tp.partition}")
-            del self.assigned[tp.partition]
+            del self.assigned[key_at(tp)]
 
     def pause(self, partitions: list[TopicPartition]) -> None:
-        self.paused |= {tp.partition for tp in partitions}
+        self.paused |= {key_at(tp) for tp in partitions}
 
     def resume(self, partitions: list[TopicPartition]) -> None:
-        self.paused -= {tp.partition for tp in partitions}
+        self.paused -= {key_at(tp) for tp in partitions}
 
 
 class FakeCommitter:
@@ -82,20 +99,20 @@ class FakeCommitter:
         self.opens += 1
         if self.open_errors:
             raise self.open_errors.pop(0)
-        self.log.append(f"open {self.key}")
+        self.log.append(f"open {self.key.partition}")
 
     def commit(self, records: list[OutRecord], offset: TopicPartition, metadata: Any) -> None:
         if self.block is not None:
             self.block.wait()
         if self.commit_errors:
             raise self.commit_errors.pop(0)
-        assert offset.partition == self.key and offset.topic == REQUESTS.topic
+        assert key_at(offset) == self.key
         self.commits.append((offset.offset, list(records)))
-        self.log.append(f"commit {self.key}@{offset.offset}")
+        self.log.append(f"commit {self.key.partition}@{offset.offset}")
 
     def close(self) -> None:
         self.closed = True
-        self.log.append(f"close {self.key}")
+        self.log.append(f"close {self.key.partition}")
 
     def discard(self) -> None:
         self.discarded = True

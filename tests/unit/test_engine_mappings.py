@@ -28,6 +28,8 @@ from services.inference.engines.vllm_mapping import vllm_priority
 from services.inference.retry import engine_retrying
 from services.inference.settings import InferenceOptions, served_name_of
 from services.ingest.api.models import live_models, models_document
+from services.lanes import Lane
+from services.routing import Cell
 
 
 def chat(**sampling: Any) -> EngineRequest:
@@ -172,9 +174,14 @@ def test_models_listing_counts_live_healthy_workers_only() -> None:
     ]
     live = live_models(workers)
     assert live == {"tiny": {"a", "b"}}
-    document = models_document(["kbatch-sim"], live)
+    backlog = {Cell("kbatch-sim", Lane.LOW): 7}
+    document = models_document(["kbatch-sim", "tiny"], live, backlog)
     assert document["object"] == "list"
     assert [(m["id"], m["kbatch"]["live_workers"]) for m in document["data"]] == [
         ("kbatch-sim", 0),
         ("tiny", 2),
     ]
+    sim, tiny = document["data"]
+    assert sim["kbatch"]["backlog"] == {"high": 0, "normal": 0, "low": 7}
+    assert sim["kbatch"]["waiting_for_worker"] is True
+    assert tiny["kbatch"]["waiting_for_worker"] is False

@@ -19,6 +19,7 @@ from services.inference.flow import (
     starts_now,
 )
 from services.lanes import Lane
+from services.routing import ModelPartition
 from services.scheduler.fleet import WorkerState
 
 LANES = {0: Lane.HIGH, 1: Lane.NORMAL, 2: Lane.LOW, 3: Lane.LOW}
@@ -106,7 +107,10 @@ def test_lower_lanes_never_run_more_than_their_share_and_holding_is_bounded(
 @given(
     share=SHARES,
     extra=st.integers(0, 64),
-    arrivals=st.lists(st.tuples(st.integers(0, 8), st.integers(1, 500)), min_size=1),
+    # "There": each round brings at least what one round can earn them (8 high records
+    # at share 0.5 earn 8); sparser arrivals leave credit unspent, rightly (hypothesis
+    # found share=0.5 with one low record a round).
+    arrivals=st.lists(st.tuples(st.integers(0, 8), st.integers(9, 500)), min_size=1),
 )
 def test_lower_lanes_get_their_share_when_their_records_are_there(
     share: float, extra: int, arrivals: list[tuple[int, int]]
@@ -146,10 +150,13 @@ def test_a_worker_is_gone_after_the_timeout_or_when_leaving() -> None:
         "healthy": True,
         "draining": False,
         "leaving": False,
-        "owned": [1],
+        "owned": [],
+        "owned_partitions": [{"model": "m", "partition": 1}],
+        "served_models": ["m"],
     }
     state = WorkerState(beat, received_at_ms=1_000)
     assert state.alive(now_ms=5_000, timeout_ms=4_000)
     assert not state.alive(now_ms=5_001, timeout_ms=4_000)
     assert not WorkerState({**beat, "leaving": True}, 1_000).alive(1_000, 4_000)
-    assert state.view().capacity == 3 and state.owned == frozenset({1})
+    assert state.view().capacity == 3 and state.owned == frozenset({ModelPartition("m", 1)})
+    assert state.view().models == frozenset({"m"})

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.codec import REQUEST, codec
 from services.dlq.records import DeadLetter, Filters
 from services.dlq.replay import plan
+from services.harness.pipeline import request_record
+
+REQUEST_BYTES = codec(REQUEST).encode(request_record("j", 0))
 
 
 def dead(offset: int, stage: str = "inference", replays: int = 0, **record: Any) -> DeadLetter:
     fields = {
-        "original_value": b"x",
+        "original_value": REQUEST_BYTES,
         "stage": stage,
         "job_id": "j",
         "error_class": "InvalidRequestError",
@@ -28,6 +32,7 @@ def test_refuses_undecodable_exhausted_and_valueless_and_skips_done_ones() -> No
         dead(3, original_value=None),
         dead(4, replays=2),
         dead(5),
+        dead(6, stage="inference", original_value=b"not a request"),
     ]
     report = plan(letters, already={"dlq:0:5"}, max_replays=3)
     assert [d.offset for d in report.replayed] == [0, 4]
@@ -35,6 +40,7 @@ def test_refuses_undecodable_exhausted_and_valueless_and_skips_done_ones() -> No
         1: "undecodable record",
         2: "replayed 3 times already (max 3)",
         3: "no original value to replay",
+        6: "undecodable record",  # its model, so its topic, cannot be read
     }
     assert report.already == 1
 

@@ -19,7 +19,7 @@ class FailingFirst:
     """An engine whose calls raise `errors` in turn, then answer."""
 
     name = "scripted"
-    served_model = "kbatch-sim"
+    served_models: tuple[str, ...] = ("kbatch-sim",)
     max_concurrency = 1
     running = 0
 

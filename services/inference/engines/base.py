@@ -75,7 +75,9 @@ class Engine(Protocol):
     """
 
     name: str  # the engine kind, written on every result: vllm, llamacpp, openai, simulated
-    served_model: str  # the model name it answers for, written on every result
+    # The model names it answers for (known once started); a result carries its
+    # request's model, one of these.
+    served_models: tuple[str, ...]
 
     @property
     def max_concurrency(self) -> int:

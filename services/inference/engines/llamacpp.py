@@ -44,7 +44,11 @@ from services.inference.engines.openai_params import (
     is_context_length_error,
     sampling_kwargs,
 )
-from services.inference.settings import InferenceOptions, LlamaCppEngineOptions
+from services.inference.settings import (
+    InferenceOptions,
+    LlamaCppEngineOptions,
+    one_served_model,
+)
 from services.lanes import LANE_ORDER, lane_rank
 
 # OpenAI's documented defaults; llama-cpp-python's own (temperature 0.2, top_p 0.95)
@@ -127,6 +131,7 @@ class LlamaCppEngine:
     name = "llamacpp"
 
     def __init__(self, model_path: str, options: LlamaCppEngineOptions, served_model: str):
+        self.served_models = (served_model,)
         self.served_model = served_model
         self._path = model_path
         self._options = options
@@ -237,4 +242,4 @@ class LlamaCppEngine:
 
 
 def from_options(options: InferenceOptions) -> LlamaCppEngine:
-    return LlamaCppEngine(options.model, options.llamacpp, options.served_model)
+    return LlamaCppEngine(options.model, options.llamacpp, one_served_model(options, "llamacpp"))

@@ -102,8 +102,10 @@ class OpenAICompatEngine:
 
     name = "openai"
 
-    def __init__(self, remote_model: str, options: OpenAIEngineOptions, served_model: str):
-        self.served_model = served_model
+    def __init__(
+        self, remote_model: str, options: OpenAIEngineOptions, served_models: tuple[str, ...]
+    ) -> None:
+        self.served_models = served_models
         self._remote_model = remote_model
         self._options = options
         self._slots = asyncio.Semaphore(options.max_concurrency)
@@ -134,6 +136,28 @@ class OpenAICompatEngine:
             )
         except ImportError as exc:
             raise ConfigurationError(f"the openai engine needs kbatch[openai]: {exc}") from exc
+        if options.models_from_server:
+            self.served_models = await self._server_models(self._client)
+
+    async def _server_models(self, client: httpx.AsyncClient) -> tuple[str, ...]:
+        """The ids the server lists at GET /v1/models: what this worker then serves."""
+        try:
+            response = await client.get("models")
+            response.raise_for_status()
+            ids = tuple(sorted(str(m["id"]) for m in response.json()["data"]))
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigurationError(f"the server's GET /v1/models failed: {exc!r}") from exc
+        if not ids:
+            raise ConfigurationError("the server's GET /v1/models lists no model")
+        return ids
+
+    def _remote_name(self, model: str) -> str:
+        """What the server calls the requested model: one configured served name may
+        alias the configured `model`; several, or those read from the server, are the
+        server's own names."""
+        if self._options.models_from_server or len(self.served_models) > 1:
+            return model
+        return self._remote_model
 
     def shrink_concurrency(self) -> int:
         # The server manages its own memory; it answers 5xx or 429 when it cannot cope.
@@ -148,7 +172,7 @@ class OpenAICompatEngine:
         client = self._client
         if client is None:
             raise EngineDeadError("the openai engine is not started")
-        body = request_body(request, self._remote_model)
+        body = request_body(request, self._remote_name(request.model))
         async with self._slots:
             self._running += 1
             try:
@@ -169,4 +193,4 @@ class OpenAICompatEngine:
 
 
 def from_options(options: InferenceOptions) -> OpenAICompatEngine:
-    return OpenAICompatEngine(options.model, options.openai, options.served_model)
+    return OpenAICompatEngine(options.model, options.openai, options.served_models)

@@ -97,8 +97,10 @@ class SimulatedEngine:
 
     name = "simulated"
 
-    def __init__(self, options: SimulatedEngineOptions, served_model: str = "kbatch-sim") -> None:
-        self.served_model = served_model
+    def __init__(
+        self, options: SimulatedEngineOptions, served_models: tuple[str, ...] = ("kbatch-sim",)
+    ) -> None:
+        self.served_models = served_models
         self._options = options
         self._concurrency = options.max_num_seqs
         self._active: list[_Sequence] = []
@@ -213,4 +215,4 @@ class SimulatedEngine:
 
 
 def from_options(options: InferenceOptions) -> SimulatedEngine:
-    return SimulatedEngine(options.simulated, options.served_model)
+    return SimulatedEngine(options.simulated, options.served_models)

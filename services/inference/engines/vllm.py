@@ -44,7 +44,7 @@ from services.inference.engines.vllm_mapping import (
     unanswered,
     vllm_priority,
 )
-from services.inference.settings import InferenceOptions, VllmEngineOptions
+from services.inference.settings import InferenceOptions, VllmEngineOptions, one_served_model
 
 # A chat template already wrote the model's special tokens (BOS); like vLLM's own chat
 # path, the templated text is tokenized without adding them a second time.
@@ -70,6 +70,7 @@ class VllmEngine:
     name = "vllm"
 
     def __init__(self, model: str, options: VllmEngineOptions, served_model: str) -> None:
+        self.served_models = (served_model,)
         self.served_model = served_model
         self._model = model
         self._options = options
@@ -203,4 +204,4 @@ class VllmEngine:
 
 
 def from_options(options: InferenceOptions) -> VllmEngine:
-    return VllmEngine(options.model, options.vllm, options.served_model)
+    return VllmEngine(options.model, options.vllm, one_served_model(options, "vllm"))

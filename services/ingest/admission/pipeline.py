@@ -20,7 +20,8 @@ from services.ingest.admission.ledger import JobLedger
 from services.ingest.admission.lines import RawLine
 from services.ingest.admission.validation import Limits, Rejection, RequestContext, parse_line
 from services.kafka.transactions import OutRecord
-from services.lanes import Lane, LaneLayout
+from services.lanes import Lane
+from services.routing import Cell, RequestLayout
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,11 @@ class Admitted:
     lane: Lane
     key: bytes  # the request id: where the request waits follows from it
     request: dict[str, Any]  # the InferenceRequest record
+
+    @property
+    def cell(self) -> Cell:
+        """The model's lane the request waits in."""
+        return Cell(self.request["model"], self.lane)
 
 
 class Placement(NamedTuple):
@@ -48,16 +54,14 @@ class AdmissionPipeline:
     def __init__(
         self,
         ledger: JobLedger,
-        requests_topic: str,
-        layout: LaneLayout,
+        layout: RequestLayout,
         limits: Limits,
         max_line_bytes: int,
         max_lines_per_job: int,
     ) -> None:
         self._ledger = ledger
-        self._requests_topic = requests_topic
         self._layout = layout
-        self.limits = limits  # replaced whole when live workers declare other models
+        self.limits = limits  # replaced whole when the model registry changes
         self._max_line_bytes = max_line_bytes
         self._max_lines_per_job = max_lines_per_job
         self._codec = codec(REQUEST)
@@ -105,9 +109,10 @@ class AdmissionPipeline:
         return Admitted(number, custom_id, lane, request["request_id"].encode(), request)
 
     def placement(self, admitted: Admitted) -> Placement:
-        """Step 5: the requests topic, and the partition of the request's lane for its key."""
-        partition = self._layout.partition_for(admitted.lane, admitted.key)
-        return Placement(self._requests_topic, partition)
+        """Step 5: its model's requests topic, and the partition of its lane for its key."""
+        model = admitted.request["model"]
+        where = self._layout.place(model, admitted.lane, admitted.key)
+        return Placement(self._layout.topic(model), where.partition)
 
     def record(self, admitted: Admitted) -> OutRecord:
         """Step 6: what to publish: the encoded request, keyed by its id, at its placement."""

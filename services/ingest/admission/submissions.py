@@ -48,6 +48,7 @@ from services.kafka.transactions import OutRecord, TransactionalProducer
 from services.lanes import Lane
 from services.lifecycle import wait_event
 from services.logs import get_logger
+from services.routing import Cell
 
 log = get_logger("submissions")
 
@@ -106,7 +107,7 @@ class Draft:
     records: list[OutRecord] = field(default_factory=list)
     totals: dict[str, JobTotals] = field(default_factory=dict)
     claimed: dict[str, list[str]] = field(default_factory=dict)  # job -> custom_ids
-    published: dict[Lane, int] = field(default_factory=dict)
+    published: dict[Cell, int] = field(default_factory=dict)  # requests per cell
     offsets: dict[int, int] = field(default_factory=dict)  # partition -> next offset
     rejected: list[str] = field(default_factory=list)  # rejection codes
     reserved: Counter[str] = field(default_factory=Counter)  # tenant -> room taken
@@ -191,10 +192,11 @@ class SubmissionConsumer:
             await asyncio.to_thread(transactions.close)
 
     def _full(self, consumer: Consumer) -> bool:
-        """Pause while any lane is over its bound (or cannot be measured), resume after."""
+        """Pause while any cell (a model's lane) is over its bound, or the backlog cannot
+        be measured; resume after."""
         limit = self._setup.lane_backlog_limit
-        backlogs = [self._backlog.backlog(lane) for lane in Lane]
-        full = any(backlog is None or backlog >= limit for backlog in backlogs)
+        cells = self._backlog.cells()
+        full = cells is None or any(backlog >= limit for backlog in cells.values())
         if full != self._paused:
             assigned = consumer.assignment()
             (consumer.pause if full else consumer.resume)(assigned)
@@ -233,12 +235,12 @@ class SubmissionConsumer:
             for totals in draft.totals.values():
                 self._jobs.remember(totals)
             self._release_room(draft)  # the jobs' totals count those requests now
-        for lane, count in draft.published.items():
-            self._backlog.note_published(lane, count)
+        for cell, count in draft.published.items():
+            self._backlog.note_published(cell, count)
         for code in draft.rejected:
             metrics.LINES_REJECTED.labels(code).inc()
-        for lane, count in draft.published.items():
-            metrics.LINES_ACCEPTED.labels(lane.value).inc(count)
+        for cell, count in draft.published.items():
+            metrics.LINES_ACCEPTED.labels(cell.lane.value).inc(count)
 
     def _draft(self, messages: Iterable[Message]) -> Draft:
         draft = Draft()
@@ -279,7 +281,7 @@ class SubmissionConsumer:
             self._count(draft, replace(totals, rejected=totals.rejected + 1))
             return
         draft.records.append(self._pipeline.record(admitted))
-        draft.published[admitted.lane] = draft.published.get(admitted.lane, 0) + 1
+        draft.published[admitted.cell] = draft.published.get(admitted.cell, 0) + 1
         draft.claimed.setdefault(job_id, []).append(admitted.custom_id)
         sealed = totals.sealed or envelope.seal
         self._count(draft, replace(totals, accepted=totals.accepted + 1, sealed=sealed))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +61,7 @@ class UploadOutcome:
     # Valid lines whose records the broker did not acknowledge: neither accepted nor
     # rejected, free to be sent again (their custom_ids were released).
     failed_lines: list[int] = field(default_factory=list)
+    models: set[str] = field(default_factory=set)  # of the lines admitted
 
     def to_json(self, max_listed: int) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -147,13 +149,16 @@ class Upload:
             self._reject(admitted)
             return
         self._pending.append((admitted, self._p.pipeline.record(admitted)))
+        self.outcome.models.add(admitted.request["model"])
 
     async def _publish_pending(self) -> None:
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        lane = self._context.priority
-        backlog = self._p.backlog.backlog(lane)
+        # A chunk may mix models: it waits behind the fullest of its cells.
+        cells = Counter(admitted.cell for admitted, _ in pending)
+        measured = [self._p.backlog.backlog(cell) for cell in cells]
+        backlog = None if None in measured else max(b for b in measured if b is not None)
         admission = (
             Admission(False, "backlog_unknown", "the requests backlog cannot be measured")
             if backlog is None
@@ -177,7 +182,8 @@ class Upload:
             await self._p.producer.produce(
                 chunk.batch, record.topic, record.value, record.key, record.partition
             )
-        self._p.backlog.note_published(lane, len(pending))
+        for cell, count in Counter(admitted.cell for admitted, _ in pending).items():
+            self._p.backlog.note_published(cell, count)
         self._chunks.append(chunk)
         # Pipelined, but bounded: an upload never holds more than a few chunks unconfirmed.
         await self._confirm(keep_outstanding=_MAX_UNCONFIRMED_CHUNKS)

@@ -270,10 +270,10 @@ def parse_line(
         return Rejection(number, "invalid_body", _describe(exc, "body"), custom_id)
     model = getattr(body, "model", "")
     if model not in limits.served_models:
-        served = ", ".join(sorted(limits.served_models))
-        return Rejection(
-            number, "unknown_model", f"model {model!r} is not served ({served})", custom_id
-        )
+        # OpenAI's code for a model that does not exist; known models are registered.
+        known = ", ".join(sorted(limits.served_models)) or "none"
+        reason = f"the model {model!r} does not exist here (registered: {known})"
+        return Rejection(number, "model_not_found", reason, custom_id)
     try:
         fields = _body_fields(line.url, body, limits)
     except ValueError as exc:

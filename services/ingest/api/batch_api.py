@@ -13,7 +13,7 @@ import itertools
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,8 @@ class BatchApi:
         self.retry_after_s = retry_after_s
         self._attached: tuple[Publishing, BatchBook, JobBook] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # Registered models no live worker serves now (their requests wait in Kafka).
+        self.waiting_models: Callable[[], frozenset[str]] = frozenset
 
     def attach(self, publishing: Publishing, batches: BatchBook, jobs: JobBook) -> None:
         self._attached = (publishing, batches, jobs)
@@ -144,7 +146,7 @@ class BatchApi:
         task = asyncio.create_task(self._ingest(batch, path, caller.tenant, asked.priority, lines))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return JSONResponse(batch_state.public(batch))
+        return JSONResponse(batch_state.public(batch, self.waiting_models()))
 
     async def _start_batch(self, asked: BatchRequest, file_id: str, tenant: str) -> dict[str, Any]:
         batch = batch_state.new_batch(
@@ -179,7 +181,7 @@ class BatchApi:
         """Push the whole file through validation and admission, resuming after 429s."""
         now_ms = int(time.time() * 1000)
         context = RequestContext(batch["id"], tenant, priority, now_ms, endpoint=batch["endpoint"])
-        accepted, errors = 0, []
+        accepted, errors, models = 0, [], set()
         todo = PassLines(resume=1, retry=frozenset())
         failures: Counter[int] = Counter()  # unacknowledged deliveries per line
         for attempt in itertools.count(1):
@@ -188,6 +190,7 @@ class BatchApi:
                 _read_from(path, start)
             )
             accepted += outcome.accepted
+            models |= outcome.models
             errors += [
                 {"code": r.code, "message": r.reason, "line": r.line, "param": r.custom_id}
                 for r in outcome.rejections
@@ -221,7 +224,8 @@ class BatchApi:
         await self.jobs.add(batch["id"], tenant, accepted=accepted, rejected=len(errors), seal=True)
         now = int(time.time())
         await self.batches.update(
-            batch["id"], lambda current: batch_state.validated(current, accepted, errors, now)
+            batch["id"],
+            lambda current: batch_state.validated(current, accepted, errors, now, models),
         )
         log.info("batch ingested", batch_id=batch["id"], accepted=accepted, rejected=len(errors))
 
@@ -235,7 +239,11 @@ class BatchApi:
 
     async def get_batch(self, request: Request) -> Response:
         found = self.batch_for(request, Action.READ)
-        return found if isinstance(found, Response) else JSONResponse(batch_state.public(found))
+        return (
+            found
+            if isinstance(found, Response)
+            else JSONResponse(batch_state.public(found, self.waiting_models()))
+        )
 
     async def list_batches(self, request: Request) -> Response:
         try:
@@ -247,7 +255,8 @@ class BatchApi:
         caller, default = self.callers.of(request), self.callers.default_tenant
         visible = [b for b in self.batches.all() if can_see(caller, batch_state.owner(b, default))]
         ordered = sorted(visible, key=lambda b: (b["created_at"], b["id"]), reverse=True)
-        public = [batch_state.public(b) for b in ordered]
+        waiting = self.waiting_models()
+        public = [batch_state.public(b, waiting) for b in ordered]
         return JSONResponse(cursor_page(public, request.query_params.get("after"), limit))
 
     async def cancel_batch(self, request: Request) -> Response:
@@ -261,7 +270,7 @@ class BatchApi:
         updated = await self.batches.update(
             batch["id"], lambda current: batch_state.cancel_requested(current, now)
         )
-        return JSONResponse(batch_state.public(updated or batch))
+        return JSONResponse(batch_state.public(updated or batch, self.waiting_models()))
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ after validation: ingest's refresher applies it to every moving batch on an inte
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ from services.ingest.tenancy.access import owner_or_default
 TERMINAL = frozenset({"failed", "completed", "expired", "cancelled"})
 _WINDOW = re.compile(r"^(\d+)([hd])$")
 # Kept with the batch, not part of OpenAI's batch object.
-_PRIVATE = ("priority", "expired_by_window", "tenant", "output_expires_after_s")
+_PRIVATE = ("priority", "expired_by_window", "tenant", "output_expires_after_s", "models")
 
 
 def window_seconds(completion_window: str) -> int:
@@ -109,12 +110,20 @@ def owner(batch: dict[str, Any], default_tenant: str) -> str:
 
 
 def validated(
-    batch: dict[str, Any], accepted: int, errors: list[dict[str, Any]], now_s: int
+    batch: dict[str, Any],
+    accepted: int,
+    errors: list[dict[str, Any]],
+    now_s: int,
+    models: Iterable[str] = (),
 ) -> dict[str, Any]:
     """After the input file went through ingest: failed when nothing was accepted, and
-    still cancelling when a cancel came while it was validating."""
+    still cancelling when a cancel came while it was validating. A file may mix models
+    (each line goes to its own model's workers): `model` is the one model its lines
+    name, or None when they name several; `kbatch.models` lists them."""
     error_list = {"object": "list", "data": errors} if errors else None
     counts = {"total": accepted, "completed": 0, "failed": 0}
+    named = sorted(set(models))
+    batch = {**batch, "models": named, "model": named[0] if len(named) == 1 else None}
     cancelling = batch["status"] == "cancelling"
     if accepted == 0:
         return {
@@ -176,7 +185,10 @@ def step(batch: dict[str, Any], progress: Progress, now_s: int) -> dict[str, Any
     seen = {
         **batch,
         "usage": usage(progress.input_tokens, progress.output_tokens),
-        "model": progress.model or batch.get("model"),
+        # A batch whose lines named its models at validation keeps that answer.
+        "model": batch.get("model")
+        if batch.get("models")
+        else progress.model or batch.get("model"),
     }
     if progress.collected >= total:
         if status == "cancelling":
@@ -219,8 +231,17 @@ def output_file_id(batch_id: str, kind: str) -> str:
     return f"file-{batch_id}-{kind}"
 
 
-def public(batch: dict[str, Any]) -> dict[str, Any]:
-    """The object as OpenAI clients expect it (kbatch's own fields kept, clearly named)."""
+def public(batch: dict[str, Any], unserved: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The object as OpenAI clients expect it (kbatch's own fields kept, clearly named).
+    `unserved`: registered models no live worker serves now; a running batch naming
+    any of them says it waits for a worker serving them."""
     body = {k: v for k, v in batch.items() if k not in _PRIVATE}
-    body["kbatch"] = {"priority": batch["priority"], "tenant": batch.get("tenant")}
+    models = batch.get("models", [])
+    running = batch["status"] in ("validating", "in_progress", "finalizing")
+    body["kbatch"] = {
+        "priority": batch["priority"],
+        "tenant": batch.get("tenant"),
+        "models": models,
+        "waiting_for_worker": sorted(unserved.intersection(models)) if running else [],
+    }
     return body
