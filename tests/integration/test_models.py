@@ -5,6 +5,8 @@ served without a restart, an unknown one is refused."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -26,7 +28,7 @@ from services.harness.pipeline import (
     start_ingest_process,
     start_scheduler,
 )
-from services.harness.processes import ServiceProcess
+from services.harness.processes import KBATCH, ServiceProcess
 from services.models.tiny import ensure_tiny_model
 from tests.conftest import REPO_ROOT
 from tests.integration.test_batch_api import create_batch, wait_status
@@ -186,12 +188,23 @@ def test_two_models_each_answered_only_by_its_own_workers(
         wait_status(client, late.id, {"completed"}, 120)
         new_rows = outputs(client, late.id)
         scheduler_models = httpx.get(f"{scheduler_url}/models", timeout=10).json()["models"]
+        status = subprocess.run(
+            [KBATCH, "status", "--api", url, "--scheduler", scheduler_url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+            env={**os.environ, "COLUMNS": "200"},
+        ).stdout
     finally:
         for process in reversed(processes):
             assert process.terminate() == 0, process.log()
 
     assert {r["response"]["body"]["model"] for r in new_rows} == {new_model}
     assert len(new_rows) == 30
+    # `kbatch status`: each model in a row of its own, with its workers and backlog.
+    for model in (*MODEL_SEEDS, new_model):
+        assert model in status, status
     row = next(m for m in scheduler_models if m["model"] == new_model)
     assert row["workers"] == ["w-new"] and row["topic"] == topics.requests_of(new_model)
     assert len(answered) == 8 + 8 + 8
