@@ -72,7 +72,9 @@ def register_models(
     )
     now_ms = int(time.time() * 1000)
     entries = [ModelEntry(m, layout.topic(m), registered_by, now_ms) for m in wanted]
-    producer = Producer({**kafka_config, "enable.idempotence": True})
+    # Records are whole values keyed by model: a retried duplicate changes nothing, so
+    # no idempotent producer (its producer-id round trip delayed every service's start).
+    producer = Producer({**kafka_config, "acks": "all"})
     failures: list[str] = []
 
     def on_delivery(err: Any, _msg: Any) -> None:

@@ -41,7 +41,7 @@ MAX_TOKENS = 6
 # Two tiny random-weight models from different seeds: they answer differently, so a
 # request served by the wrong one fails the comparison.
 MODEL_SEEDS = {"tiny-a": 1, "tiny-b": 2}
-B_JOB = 1500  # the orphaned model's job: several seconds of work on this machine
+B_JOB = 800  # the orphaned model's job: a few seconds of work on this machine
 
 
 @pytest.fixture(scope="module")
