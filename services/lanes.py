@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -68,11 +67,3 @@ def unconsumed(start: int, end: int, committed: int | None) -> int:
     """Records in [start, end) past the committed offset; a partition never committed
     counts from its log start, so retention-deleted records are not backlog."""
     return max(0, end - (start if committed is None else max(committed, start)))
-
-
-def lane_backlog(layout: LaneLayout, partition_backlog: Mapping[int, int]) -> dict[Lane, int]:
-    """Requests not yet consumed, per lane, from the backlog of each partition."""
-    backlog = dict.fromkeys(Lane, 0)
-    for partition, waiting in partition_backlog.items():
-        backlog[layout.lane_of(partition)] += waiting
-    return backlog

@@ -10,7 +10,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
 
 from services.kafka.consumers import ConsumerRole, make_consumer
-from services.lanes import Lane, LaneLayout, lane_backlog, unconsumed
+from services.lanes import Lane, unconsumed
 from services.logs import get_logger
 from services.routing import Cell, ModelPartition, RequestLayout, cell_backlog
 
@@ -110,10 +110,6 @@ class GroupBacklog:
         lows = listed_offsets(self._ends, topic, every, OFFSET_BEGINNING, timeout_s)
         highs = self.end_offsets(topic, every, timeout_s)
         return {p: unconsumed(lows[p], highs[p], committed[p]) for p in every}
-
-    def by_lane(self, topic: str, layout: LaneLayout, timeout_s: float = 10) -> dict[Lane, int]:
-        """Records waiting per lane."""
-        return lane_backlog(layout, self.by_partition(topic, layout.total, timeout_s))
 
     def by_model_partition(
         self, layout: RequestLayout, models: list[str], timeout_s: float = 10

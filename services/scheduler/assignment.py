@@ -126,7 +126,7 @@ def assign(
     moved = frozenset(
         p for w, ps in by_worker.items() for p in ps if previous.get(p) not in (None, w)
     )
-    return Assignment(by_worker, tuple(sorted(plan.waiting)), moved)
+    return Assignment(by_worker, tuple(sorted(v.where for v in plan.waiting)), moved)
 
 
 def _in_turn(parts: Iterable[PartitionView], kept: set[ModelPartition]) -> list[PartitionView]:
@@ -153,8 +153,7 @@ class _Plan:
         self.fleet = {w.worker_id: w for w in fleet}
         self.placed: dict[str, list[PartitionView]] = {w.worker_id: [] for w in fleet}
         self.load = {w.worker_id: 0 for w in fleet}
-        self.waiting: list[ModelPartition] = []
-        self.waiting_views: list[PartitionView] = []
+        self.waiting: list[PartitionView] = []
         self.free = sum(w.capacity for w in fleet)
         self.serving: dict[str, list[str]] = {}
         for w in sorted(fleet, key=lambda w: w.worker_id):
@@ -216,15 +215,14 @@ class _Plan:
         changed since) is not tried again."""
         any_placed = False
         while True:
-            hopeless = [v for v in self.waiting_views if self._hopeless(v)]
+            hopeless = [v for v in self.waiting if self._hopeless(v)]
             views = sorted(
-                (v for v in self.waiting_views if not self._hopeless(v)),
+                (v for v in self.waiting if not self._hopeless(v)),
                 key=lambda v: (v.tier, -v.backlog, v.where),
             )
             if not views:
                 break
-            self.waiting = [v.where for v in hopeless]
-            self.waiting_views = hopeless
+            self.waiting = hopeless
             placed = [self.place(view) for view in views]
             if not any(placed):
                 break
@@ -241,8 +239,7 @@ class _Plan:
         return self.failed.get((part.model, part.tier)) == versions
 
     def _wait(self, part: PartitionView) -> None:
-        self.waiting.append(part.where)
-        self.waiting_views.append(part)
+        self.waiting.append(part)
 
     def spread(self) -> bool:
         """Move busy partitions from the most loaded workers to the least, one at a time,

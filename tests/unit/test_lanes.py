@@ -4,7 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.lanes import Lane, LaneLayout, lane_backlog, unconsumed
+from services.lanes import Lane, LaneLayout, unconsumed
+from services.routing import Cell, ModelPartition, RequestLayout, cell_backlog
 
 layouts = st.builds(
     LaneLayout,
@@ -40,8 +41,9 @@ def test_backlog_is_end_minus_committed_per_lane() -> None:
     per_partition = {p: unconsumed(starts[p], ends[p], committed[p]) for p in ends}
     # partition 1 never committed: counts from its start (2); 3 from its start (90).
     assert per_partition == {0: 6, 1: 3, 2: 0, 3: 10}
-    backlog = lane_backlog(layout, per_partition)
-    assert backlog == {Lane.HIGH: 6, Lane.NORMAL: 3, Lane.LOW: 10}
+    requests = RequestLayout("t", layout)
+    backlog = cell_backlog(requests, {ModelPartition("m", p): n for p, n in per_partition.items()})
+    assert backlog == {Cell("m", Lane.HIGH): 6, Cell("m", Lane.NORMAL): 3, Cell("m", Lane.LOW): 10}
 
 
 def test_a_commit_below_the_log_start_counts_from_the_start() -> None:
