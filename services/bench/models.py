@@ -28,7 +28,8 @@ from services.harness.kafka import read_topic, unique_topics
 from services.harness.pipeline import publish_to, request_record, start_worker
 from services.lanes import Lane, LaneLayout
 from services.routing import RequestLayout
-from services.scheduler.assignment import PartitionView, Pool, WorkerView, assign
+from services.scheduler.assignment import assign
+from services.scheduler.inputs import PartitionView, Pool, WorkerView
 
 GOAL_ROUTING_RATIO = 0.95
 GOAL_PASS_MS = 100.0

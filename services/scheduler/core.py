@@ -11,15 +11,11 @@ from services.lanes import LANE_ORDER
 from services.logs import get_logger
 from services.routing import Cell, ModelPartition, RequestLayout
 from services.scheduler import metrics
-from services.scheduler.assignment import (
-    Assignment,
-    PartitionView,
-    assign,
-    publishable,
-    to_resend,
-)
+from services.scheduler.assignment import Assignment, assign
 from services.scheduler.book import AssignmentBook
 from services.scheduler.fleet import WorkerState, live, reported_owned
+from services.scheduler.handover import publishable, to_resend
+from services.scheduler.inputs import PartitionView
 
 log = get_logger("scheduler")
 

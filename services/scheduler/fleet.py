@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.routing import ModelPartition, decode_partitions
-from services.scheduler.assignment import Pool, WorkerView
+from services.scheduler.inputs import Pool, WorkerView
 
 
 @dataclass(frozen=True)

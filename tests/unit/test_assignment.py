@@ -10,15 +10,9 @@ from hypothesis import strategies as st
 
 from services.lanes import Lane, LaneLayout
 from services.routing import ModelPartition, RequestLayout
-from services.scheduler.assignment import (
-    Assignment,
-    PartitionView,
-    Pool,
-    WorkerView,
-    assign,
-    publishable,
-    to_resend,
-)
+from services.scheduler.assignment import Assignment, assign
+from services.scheduler.handover import publishable, to_resend
+from services.scheduler.inputs import PartitionView, Pool, WorkerView
 
 LAYOUT = RequestLayout("t", LaneLayout(high=2, normal=3, low=2))
 MODELS = ("a", "b", "c")
