@@ -6,6 +6,7 @@ README names every variable, so the two cannot drift apart.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 from pydantic import BaseModel
@@ -34,7 +35,8 @@ def variables(model: type[BaseModel], prefix: str = "KBATCH_") -> Iterator[tuple
             yield from variables(annotation, f"{prefix}{name.upper()}__")
             continue
         if info.default_factory is not None:
-            default = "(computed)"
+            made = info.get_default(call_default_factory=True, validated_data={})
+            default = json.dumps(made) if isinstance(made, dict | list) else "(computed)"
         elif info.default is PydanticUndefined or info.default is None:
             default = ""
         else:

@@ -61,6 +61,15 @@ class VllmEngineOptions(BaseModel):
     dtype: str = Field("auto", description="vLLM dtype")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine")
     task: Literal["generate", "embed"] = Field("generate", description="generate or embed")
+    lora_modules: dict[str, str] = Field(
+        default_factory=dict,
+        description="LoRA adapters served beside the base model, JSON {served name: adapter "
+        "path or hub id} (vLLM's --lora-modules); each name is a model of its own",
+    )
+    max_lora_rank: int = Field(16, ge=1, description="vLLM max_lora_rank: largest adapter rank")
+    max_loras: int | None = Field(
+        None, ge=1, description="adapters in one engine step (vLLM max_loras); unset: all of them"
+    )
 
 
 class LlamaCppEngineOptions(BaseModel):

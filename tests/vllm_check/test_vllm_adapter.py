@@ -35,6 +35,7 @@ from vllm.exceptions import (
     VLLMValidationError,
 )
 from vllm.inputs.llm import DecoderOnlyPrompt
+from vllm.lora.request import LoRARequest
 from vllm.outputs import (
     CompletionOutput,
     PoolingOutput,
@@ -115,6 +116,18 @@ def test_every_engine_argument_is_an_async_engine_args_field(task: Task) -> None
     assert args.dtype in typing.get_args(ModelDType)
 
 
+def test_lora_adapters_are_served_names_and_enable_lora_in_the_engine_args() -> None:
+    options = VllmEngineOptions(lora_modules={"sql": "/adapters/sql", "fr": "org/fr-lora"})
+    engine = adapter.VllmEngine("org/model", options, "base")
+    assert engine.served_models == ("base", "sql", "fr")
+    with mock.patch.object(adapter, "AsyncEngineArgs", wraps=AsyncEngineArgs) as spy:
+        args = engine.engine_args()
+    assert set(spy.call_args.kwargs) <= {f.name for f in dataclasses.fields(AsyncEngineArgs)}
+    assert (args.enable_lora, args.max_loras, args.max_lora_rank) == (True, 2, 16)
+    plain = adapter.VllmEngine("org/model", VllmEngineOptions(), "base").engine_args()
+    assert not plain.enable_lora
+
+
 def test_every_sampling_field_is_a_sampling_params_field() -> None:
     fields = {field.name for field in msgspec.structs.fields(SamplingParams)}
     assert {*SAMPLING_FIELDS, "output_kind"} <= fields
@@ -127,9 +140,15 @@ def test_every_sampling_field_is_a_sampling_params_field() -> None:
 def test_async_llm_signatures_take_what_the_adapter_passes() -> None:
     params = SamplingParams()
     generate = inspect.signature(AsyncLLM.generate)
-    generate.bind(None, "text", params, "req-1:0", tokenization_kwargs=None, priority=0)
+    adapter_ = LoRARequest("adapter", 1, "/adapters/a")
+    generate.bind(
+        None, "text", params, "req-1:0", tokenization_kwargs=None, priority=0, lora_request=None
+    )
+    generate.bind(None, "text", params, "req-1:0", lora_request=adapter_)
     encode = inspect.signature(AsyncLLM.encode)
-    encode.bind(None, "text", PoolingParams(task="embed"), "req-1:0", priority=0)
+    encode.bind(
+        None, "text", PoolingParams(task="embed"), "req-1:0", priority=0, lora_request=adapter_
+    )
     for signature in (generate, encode):
         priority = signature.parameters["priority"]
         assert priority.kind in (priority.KEYWORD_ONLY, priority.POSITIONAL_OR_KEYWORD)
@@ -311,10 +330,30 @@ async def test_a_completion_goes_to_generate_with_its_priority_and_id() -> None:
     assert isinstance(params, SamplingParams)
     assert params.output_kind is RequestOutputKind.FINAL_ONLY
     assert (params.max_tokens, params.temperature) == (5, 0.5)
-    assert kwargs == {"tokenization_kwargs": None, "priority": vllm_priority("low")}
+    assert kwargs == {
+        "tokenization_kwargs": None,
+        "priority": vllm_priority("low"),
+        "lora_request": None,
+    }
     assert vllm_priority("high") < vllm_priority("normal") < vllm_priority("low")
     await engine.close()
     fake.llm.shutdown.assert_called_once_with()
+
+
+async def test_a_request_for_an_adapter_runs_with_its_lora_request() -> None:
+    fake = Fake()
+    engine = adapter.VllmEngine(
+        "org/model", VllmEngineOptions(lora_modules={"sql": "/adapters/sql"}), "base"
+    )
+    with mock.patch.object(AsyncLLM, "from_engine_args", autospec=True, return_value=fake.llm):
+        await engine.start()
+    await engine.generate(EngineRequest("req-1", "/v1/completions", "sql", prompt="SELECT"))
+    lora = fake.llm.generate.call_args.kwargs["lora_request"]
+    assert isinstance(lora, LoRARequest)
+    assert (lora.lora_name, lora.lora_int_id, lora.lora_path) == ("sql", 1, "/adapters/sql")
+    await engine.generate(EngineRequest("req-2", "/v1/completions", "base", prompt="SELECT"))
+    assert fake.llm.generate.call_args.kwargs["lora_request"] is None
+    await engine.close()
 
 
 async def test_a_chat_is_templated_once_and_not_given_a_second_bos() -> None:
@@ -341,7 +380,7 @@ async def test_an_embedding_is_one_pooled_vector_per_input() -> None:
     assert (output.embedding, output.prompt_tokens) == ([0.5, 0.25], 2)
     (text, params, request_id), kwargs = fake.llm.encode.call_args
     assert (text, request_id, params.task) == ("hello", "req-1:2", "embed")
-    assert kwargs == {"priority": vllm_priority("normal")}
+    assert kwargs == {"priority": vllm_priority("normal"), "lora_request": None}
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,9 @@ Each request is its own `generate()`/`encode()` call; vLLM's scheduler batches
 whatever is in flight at every step (continuous batching), so the worker keeps
 it full simply by keeping up to its in-flight cap outstanding. The scheduler runs
 with the priority policy, so a high-lane request overtakes queued normal and low
-ones. Written against vLLM 0.33; imported only when KBATCH_INFERENCE__ENGINE=vllm
+ones. LoRA adapters (KBATCH_INFERENCE__VLLM__LORA_MODULES) are models of their own
+that the one engine serves beside its base: a request for one runs with its
+LoRARequest. Written against vLLM 0.33; imported only when KBATCH_INFERENCE__ENGINE=vllm
 (pip install kbatch[vllm]); tests/vllm_check checks it against the installed vLLM.
 """
 
@@ -18,6 +20,7 @@ from jinja2 import TemplateError
 from vllm import PoolingParams, SamplingParams
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import VLLMClientError, VLLMError
+from vllm.lora.request import LoRARequest
 from vllm.sampling_params import RequestOutputKind
 from vllm.tokenizers import TokenizerLike
 from vllm.v1.engine.async_llm import AsyncLLM
@@ -70,8 +73,14 @@ class VllmEngine:
     name = "vllm"
 
     def __init__(self, model: str, options: VllmEngineOptions, served_model: str) -> None:
-        self.served_models = (served_model,)
+        # Each adapter is a model of its own to kbatch: registered, routed and assigned
+        # apart, while one engine (one capacity) serves the base and all of them.
+        self.served_models = (served_model, *options.lora_modules)
         self.served_model = served_model
+        self._adapters = {
+            name: LoRARequest(name, index, path)  # vLLM ids adapters from 1
+            for index, (name, path) in enumerate(options.lora_modules.items(), start=1)
+        }
         self._model = model
         self._options = options
         self._concurrency = options.max_num_seqs
@@ -89,6 +98,13 @@ class VllmEngine:
 
     def engine_args(self) -> AsyncEngineArgs:
         options = self._options
+        lora: dict[str, Any] = {}
+        if options.lora_modules:
+            lora = {
+                "enable_lora": True,
+                "max_lora_rank": options.max_lora_rank,
+                "max_loras": options.max_loras or len(options.lora_modules),
+            }
         return AsyncEngineArgs(
             model=self._model,
             max_num_seqs=options.max_num_seqs,
@@ -98,6 +114,7 @@ class VllmEngine:
             tensor_parallel_size=options.tensor_parallel_size,
             runner="pooling" if options.task == "embed" else "generate",
             scheduling_policy="priority",  # lowest `priority=` first: vllm_priority(lane)
+            **lora,
         )
 
     async def start(self) -> None:
@@ -146,6 +163,7 @@ class VllmEngine:
             request_id,
             tokenization_kwargs=tokenization,
             priority=vllm_priority(request.priority),
+            lora_request=self._adapters.get(request.model),
         ):
             final = output
         if final is None or not final.outputs:
@@ -189,6 +207,7 @@ class VllmEngine:
             PoolingParams(task="embed"),
             request_id,
             priority=vllm_priority(request.priority),
+            lora_request=self._adapters.get(request.model),
         ):
             final = output
         if final is None:
