@@ -57,8 +57,10 @@ jdk-installed:
 
 # The test session starts its own broker (Maven Central jars) unless
 # KBATCH_BOOTSTRAP_SERVERS names a running one.
+# Two pytest workers, each with its own broker: the suite mostly waits (on Kafka, on
+# services starting), so two halve its time on two cores; the chaos tests share one.
 test: lint prometheus-installed kcat-installed jdk-installed
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadgroup
 
 # Opt-in: the vLLM adapter checked against the vLLM it pins, in its own venv (~10 GB,
 # ~5 min to install the first time); no GPU needed.

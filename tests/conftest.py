@@ -39,3 +39,11 @@ def llama_server_url(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory)
     log = tmp_path_factory.mktemp("llama-server") / "server.log"
     with llama_server(tiny_model, log, alias="kbatch-tiny", api_key=LLAMA_SERVER_KEY) as url:
         yield url
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """With pytest-xdist (`make test` runs two workers), the chaos tests share one worker,
+    one after another: each loads the machine on purpose and times its recovery."""
+    for item in items:
+        if "chaos" in item.path.parts:
+            item.add_marker(pytest.mark.xdist_group("chaos"))
