@@ -145,12 +145,14 @@ def model_list() -> None:
 def model_tiny(
     path: Path = typer.Argument(..., help="where to write the GGUF file"),
     seed: int = typer.Option(0, help="the same seed writes the same bytes"),
+    context: int = typer.Option(512, min=16, help="context length in tokens (bytes of text)"),
 ) -> None:
     """Write the tiny random-weight Llama GGUF (real inference, gibberish answers)."""
-    from services.models.tiny import write_tiny_model
+    from services.models.tiny import TinyShape, write_tiny_model
 
-    written = write_tiny_model(path, seed)
-    typer.echo(f"wrote {written} ({written.stat().st_size} bytes, seed {seed})")
+    written = write_tiny_model(path, seed, TinyShape(context=context))
+    size = written.stat().st_size
+    typer.echo(f"wrote {written} ({size} bytes, seed {seed}, context {context})")
 
 
 @app.command("ingest")

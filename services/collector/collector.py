@@ -40,7 +40,9 @@ class Checkpoint:
     offsets: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> next offset
     sizes: dict[str, int] = field(default_factory=dict)  # "jobs/<job>/<file>" -> bytes
     lines: dict[str, int] = field(default_factory=dict)  # same keys -> lines
-    tokens: dict[str, list[int]] = field(default_factory=dict)  # job -> [input, output]
+    # job -> [input, output, cached input]; a checkpoint written before cached tokens
+    # were counted holds two, read as no cached tokens so far.
+    tokens: dict[str, list[int]] = field(default_factory=dict)
     models: dict[str, str] = field(default_factory=dict)  # job -> its first result's model
 
     @classmethod
@@ -48,6 +50,11 @@ class Checkpoint:
         if not path.is_file():
             return cls()
         return cls(**json.loads(path.read_text()))
+
+    def tokens_of(self, job_id: str) -> list[int]:
+        """[input, output, cached input] tokens of a job's collected results."""
+        summed = self.tokens.get(job_id, [])
+        return [*summed, 0, 0, 0][:3]
 
     def save(self, path: Path) -> None:
         temporary = path.with_suffix(".tmp")
@@ -76,6 +83,7 @@ class Collected:
     input_tokens: int = 0
     output_tokens: int = 0
     model: str | None = None
+    cached_tokens: int = 0  # of input_tokens, served from an engine's prefix cache
 
 
 @dataclass(frozen=True)
@@ -85,7 +93,7 @@ class _Line:
     file: str
     text: bytes
     job_id: str
-    tokens: tuple[int, int] = (0, 0)
+    tokens: tuple[int, int, int] = (0, 0, 0)  # input, output, cached input
     model: str | None = None
 
 
@@ -121,13 +129,14 @@ class Collector:
         """Lines written so far for a job, and the usage of the results behind them."""
         with self._lock:
             lines = self.checkpoint.lines
-            input_tokens, output_tokens = self.checkpoint.tokens.get(job_id, (0, 0))
+            input_tokens, output_tokens, cached_tokens = self.checkpoint.tokens_of(job_id)
             return Collected(
                 lines.get(job_file(job_id, OUTPUT), 0),
                 lines.get(job_file(job_id, ERRORS), 0),
                 input_tokens,
                 output_tokens,
                 self.checkpoint.models.get(job_id),
+                cached_tokens,
             )
 
     def settled_files(self, job_id: str) -> list[tuple[Path, int]]:
@@ -196,11 +205,9 @@ class Collector:
             line = self._line_for(message)
             appends[line.file].append(line.text)
             offsets[f"{message.topic()}:{message.partition()}"] = (message.offset() or 0) + 1
-            summed = tokens.setdefault(
-                line.job_id, list(self.checkpoint.tokens.get(line.job_id, (0, 0)))
-            )
-            summed[0] += line.tokens[0]
-            summed[1] += line.tokens[1]
+            summed = tokens.setdefault(line.job_id, self.checkpoint.tokens_of(line.job_id))
+            for index, count in enumerate(line.tokens):
+                summed[index] += count
             if line.model is not None and line.job_id not in self.checkpoint.models:
                 models.setdefault(line.job_id, line.model)
         sizes, lines = {}, {}
@@ -235,7 +242,11 @@ class Collector:
                 job_file(job_id, ERRORS if is_error else OUTPUT),
                 _jsonl(line),
                 job_id,
-                (usage["prompt_tokens"], usage["completion_tokens"]),
+                (
+                    usage["prompt_tokens"],
+                    usage["completion_tokens"],
+                    usage.get("cached_tokens") or 0,  # None: the engine did not say
+                ),
                 result["model"],
             )
         dead = codec(DEAD_LETTER).decode(value)

@@ -10,8 +10,18 @@ from __future__ import annotations
 from typing import Any
 
 
-def _usage(result: dict[str, Any]) -> dict[str, int]:
-    return dict(result["usage"])
+def _usage(result: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's usage object; cached prompt tokens as its prompt_tokens_details when the
+    engine reported them."""
+    usage = result["usage"]
+    shown: dict[str, Any] = {
+        "prompt_tokens": usage["prompt_tokens"],
+        "completion_tokens": usage["completion_tokens"],
+        "total_tokens": usage["total_tokens"],
+    }
+    if usage.get("cached_tokens") is not None:
+        shown["prompt_tokens_details"] = {"cached_tokens": usage["cached_tokens"]}
+    return shown
 
 
 def response_body(result: dict[str, Any]) -> dict[str, Any]:
@@ -88,8 +98,10 @@ def _response_object(
         "tools": [],
         "usage": {
             "input_tokens": usage["prompt_tokens"],
-            # kbatch's engines keep no prompt cache that they report.
-            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+            "input_tokens_details": {
+                "cached_tokens": usage.get("prompt_tokens_details", {}).get("cached_tokens", 0),
+                "cache_write_tokens": 0,
+            },
             "output_tokens": usage["completion_tokens"],
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": usage["total_tokens"],

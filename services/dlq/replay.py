@@ -24,6 +24,7 @@ from services.kafka.compacted import read_latest
 from services.kafka.retries import KAFKA_RETRIES, jittered_backoff_s
 from services.kafka.transactions import OutRecord, TransactionalProducer
 from services.models.registry import register_models
+from services.prefix import PREFIX_HEADER
 from services.settings import TopicSettings
 
 
@@ -164,6 +165,10 @@ class Replayer:
                 (REPLAYS_HEADER, str(dead.replays + 1).encode()),
                 ("kbatch-replay-of", dead.coordinate.encode()),
             ]
+            prefix = dead.headers.get(PREFIX_HEADER)
+            if prefix:
+                # Back to its original partition, and still grouped with its prefix there.
+                headers.append((PREFIX_HEADER, prefix.encode()))
             records.append(
                 OutRecord(
                     self._topic_of(dead),

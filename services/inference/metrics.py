@@ -38,7 +38,12 @@ OOM_SHRINKS = Counter(
     "kbatch_inference_oom_shrinks_total", "Concurrency halvings after out-of-memory errors"
 )
 OUTPUT_TOKENS = Counter("kbatch_inference_output_tokens_total", "Completion tokens produced")
-PROMPT_TOKENS = Counter("kbatch_inference_prompt_tokens_total", "Prompt tokens processed")
+PROMPT_TOKENS = Counter(
+    "kbatch_inference_prompt_tokens_total",
+    "Prompt tokens processed, by where they came from: the engine's prefix cache, "
+    "evaluated, or unreported (a remote server that does not say)",
+    ["model", "source"],
+)
 REQUEST_SECONDS = Histogram(
     "kbatch_inference_request_seconds", "Engine time per request", buckets=_LATENCY_BUCKETS
 )

@@ -9,6 +9,7 @@ from typing import Any
 from services.codec import DEAD_LETTER, ResultsFormat, codec, results_codec
 from services.inference.engines.base import Engine, EngineOutput
 from services.kafka.transactions import OutRecord
+from services.prefix import PREFIX_HEADER
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class Origin:
     key: bytes | None
     value: bytes | None
     replays: int = 0  # how many times the DLQ replay tool has republished this request
+    prefix_key: str | None = None  # ingest's, from the record's header (prefix affinity)
 
 
 REPLAYS_HEADER = "kbatch-replays"
@@ -32,6 +34,14 @@ def replays_of(message: Any) -> int:
         if name == REPLAYS_HEADER and value:
             return int(value)
     return 0
+
+
+def prefix_key_of(message: Any) -> str | None:
+    """The prefix key ingest gave a request (services/prefix.py); None if none."""
+    for name, value in message.headers() or ():
+        if name == PREFIX_HEADER and value:
+            return bytes(value).decode("ascii", errors="replace")
+    return None
 
 
 def _now_ms() -> int:
@@ -74,6 +84,7 @@ def result_record(
                 "prompt_tokens": output.prompt_tokens,
                 "completion_tokens": output.completion_tokens,
                 "total_tokens": output.prompt_tokens + output.completion_tokens,
+                "cached_tokens": output.cached_tokens,
             },
             "timings": {"queue_wait_ms": queue_wait_s * 1000, "inference_ms": inference_s * 1000},
             "error": error,
@@ -170,4 +181,6 @@ def dead_letter_record(
     ]
     if request:
         headers.append(("kbatch-job-id", request["job_id"].encode()))
+    if origin.prefix_key is not None:
+        headers.append((PREFIX_HEADER, origin.prefix_key.encode()))  # a replay keeps it
     return OutRecord(topic, origin.key, value, headers)

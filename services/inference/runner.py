@@ -39,6 +39,16 @@ class Tries:
     count: int = 1
 
 
+def count_prompt_tokens(model: str, output: EngineOutput) -> None:
+    """Prompt tokens by source, so the prefix cache's hit ratio is a query away."""
+    if output.cached_tokens is None:
+        metrics.PROMPT_TOKENS.labels(model, "unreported").inc(output.prompt_tokens)
+        return
+    cached = output.cached_tokens
+    metrics.PROMPT_TOKENS.labels(model, "cache").inc(cached)
+    metrics.PROMPT_TOKENS.labels(model, "evaluated").inc(output.prompt_tokens - cached)
+
+
 class RequestRunner:
     """Turns a request record into the records to publish for it."""
 
@@ -55,7 +65,9 @@ class RequestRunner:
         queue_wait_s = max(0.0, time.time() - record["submitted_at_ms"] / 1000)
         metrics.QUEUE_WAIT_SECONDS.observe(queue_wait_s)
         started = time.monotonic()
-        request = EngineRequest.from_record(record, record["attempt"], engine_priority)
+        request = EngineRequest.from_record(
+            record, record["attempt"], engine_priority, origin.prefix_key
+        )
         served = self._engine.served_models
         if request.model not in served:
             # Routing sends a model's requests only to its workers: a safety net, counted.
@@ -77,7 +89,7 @@ class RequestRunner:
         inference_s = time.monotonic() - started
         metrics.REQUEST_SECONDS.observe(inference_s)
         metrics.OUTPUT_TOKENS.inc(output.completion_tokens)
-        metrics.PROMPT_TOKENS.inc(output.prompt_tokens)
+        count_prompt_tokens(request.model, output)
         return [
             result_record(
                 config.results_topic,

@@ -88,6 +88,18 @@ class LlamaCppEngineOptions(BaseModel):
     n_batch: int = Field(512, ge=1, description="prompt tokens evaluated per step")
     n_gpu_layers: int = Field(0, description="layers offloaded to a GPU; -1 = all")
     task: Literal["generate", "embed"] = Field("generate", description="generate or embed")
+    prefix_window: int = Field(
+        32,
+        ge=0,
+        description="requests queued in the engine beyond those decoding, so that each "
+        "instance can take the ones sharing its cached prompt prefix back to back",
+    )
+    max_prefix_skips: int = Field(
+        64,
+        ge=0,
+        description="most times a queued request is passed over for others sharing an "
+        "instance's prefix before it runs next (0: arrival order within a lane)",
+    )
 
 
 class OpenAIEngineOptions(BaseModel):

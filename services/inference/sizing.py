@@ -22,7 +22,12 @@ class Sizing:
 
     @property
     def in_flight_cap(self) -> int:
-        return self.options.in_flight_cap or max(2 * self.engine_concurrency, MIN_DEFAULT_IN_FLIGHT)
+        if self.options.in_flight_cap:
+            return self.options.in_flight_cap
+        # llama.cpp instances take queued requests by prefix: the queue is the window.
+        window = self.options.llamacpp.prefix_window if self.options.engine == "llamacpp" else 0
+        concurrency = self.engine_concurrency
+        return max(2 * concurrency, MIN_DEFAULT_IN_FLIGHT, concurrency + window)
 
     @property
     def max_uncommitted(self) -> int:

@@ -44,6 +44,7 @@ from services.inference.outputs import (
     Origin,
     cancelled_record,
     dead_letter_record,
+    prefix_key_of,
     replays_of,
 )
 from services.inference.ownership import Assignment, OwnedPartition, Ownership
@@ -278,6 +279,7 @@ class Worker:
             message.key(),
             message.value(),
             replays_of(message),
+            prefix_key_of(message),
         )
         part.progress.started(offset)
         if starts_now(part.lane_rank, round_.busy_rank, round_.owed):

@@ -7,6 +7,7 @@ from typing import Self
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.prefix import DEFAULT_COMPLETION_PREFIX_CHARS, DEFAULT_LOAD_FACTOR
 from services.settings import CommonSettings
 
 
@@ -41,6 +42,23 @@ class IngestOptions(BaseModel):
     retry_after_s: int = Field(5, ge=1, description="Retry-After seconds on 429")
     backlog_refresh_s: float = Field(0.5, gt=0, description="how often the backlog is measured")
     chunk_lines: int = Field(500, ge=1, description="lines admitted and published together")
+    prefix_affinity: bool = Field(
+        True,
+        description="requests sharing a prompt prefix (a chat's leading system and developer "
+        "messages, a completion's first characters) wait in the same partition of their lane, "
+        "so they reach the same engine cache; false: spread by request id",
+    )
+    prefix_load_factor: float = Field(
+        DEFAULT_LOAD_FACTOR,
+        ge=0,
+        description="a prefix keeps its partition until that holds (1 + this) times its "
+        "lane's mean backlog; then its requests spill to the next partition at the mean",
+    )
+    prefix_completion_chars: int = Field(
+        DEFAULT_COMPLETION_PREFIX_CHARS,
+        ge=1,
+        description="characters of a completion prompt that make its prefix key",
+    )
     max_rejections_listed: int = Field(1_000, ge=1, description="rejections listed per response")
     tracked_jobs: int = Field(
         1_000, ge=1, description="jobs whose custom_ids are remembered for duplicate checks"

@@ -130,12 +130,6 @@ class GroupBacklog:
             for w, key in zip(every, where, strict=True)
         }
 
-    def by_cell(
-        self, layout: RequestLayout, models: list[str], timeout_s: float = 10
-    ) -> dict[Cell, int]:
-        """Records waiting per (model, lane)."""
-        return cell_backlog(layout, self.by_model_partition(layout, models, timeout_s))
-
 
 class BacklogMonitor:
     """Refreshes the backlog of every cell (model, lane) on a thread; adds what was
@@ -158,6 +152,9 @@ class BacklogMonitor:
         self._lock = threading.Lock()
         self._measured: dict[Cell, int] | None = None
         self._published_since: Counter[Cell] = Counter()
+        # Each measurement's backlog per partition, replaced whole (never mutated), so a
+        # reader holding one sees a consistent snapshot and can tell a new one by identity.
+        self.partitions: dict[ModelPartition, int] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
@@ -213,16 +210,19 @@ class BacklogMonitor:
         with self._lock:
             pending = Counter(self._published_since)
         try:
-            measured = reader.by_cell(self._layout, sorted(set(self._models())))
+            partitions = reader.by_model_partition(self._layout, sorted(set(self._models())))
         except KafkaException as exc:
             # Admission then refuses (backlog unknown) rather than guessing; see backlog().
             self.last_error = str(exc)
             log.warning("backlog measurement failed", error=str(exc))
             with self._lock:
                 self._measured = None
+                self.partitions = None
             return
+        measured = cell_backlog(self._layout, partitions)
         with self._lock:
             self._measured = measured
+            self.partitions = partitions
             # Records published while the measurement ran may or may not be in it:
             # keep them counted (conservative) and drop only what preceded it.
             self._published_since.subtract(pending)

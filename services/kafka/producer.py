@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
@@ -105,14 +106,14 @@ class AsyncProducer:
         value: bytes,
         key: bytes | None = None,
         partition: int | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
+        headers: Sequence[tuple[str, str | bytes | None]] = (),
     ) -> None:
         """Hand one record to librdkafka; waits, without blocking the loop, while it is full."""
         kwargs: dict[str, Any] = {"key": key, "on_delivery": batch.on_delivery}
         if partition is not None:
             kwargs["partition"] = partition
         if headers:
-            kwargs["headers"] = headers
+            kwargs["headers"] = list(headers)
         while True:
             try:
                 self.producer.produce(topic, value, **kwargs)

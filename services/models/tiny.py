@@ -5,7 +5,8 @@ template, prefill, decode, sampling, context limits) on any CPU in milliseconds.
 Its answers are gibberish: the weights are random. Nothing is downloaded.
 
 Shape: 2 layers, 64 wide, 4 heads, a 259-token byte-level vocabulary (3 control
-tokens and the 256 bytes, so any UTF-8 text tokenizes), context 512.
+tokens and the 256 bytes, so any UTF-8 text tokenizes), context 512 unless asked for
+more (long shared prompts: prefix caching).
 """
 
 from __future__ import annotations
@@ -92,12 +93,14 @@ def write_tiny_model(path: Path, seed: int = 0, shape: TinyShape = TinyShape()) 
     return path
 
 
-def ensure_tiny_model(directory: Path, seed: int = 0) -> Path:
-    """The tiny model under `directory`, written once (a file from the same seed is reused)."""
-    # The file's stem is the served model name, so the seed goes in the folder.
-    path = directory / f"seed{seed}" / f"{TINY_MODEL_NAME}.gguf"
+def ensure_tiny_model(directory: Path, seed: int = 0, context: int = TinyShape.context) -> Path:
+    """The tiny model under `directory`, written once (a file from the same seed and
+    context is reused)."""
+    # The file's stem is the served model name, so the seed and context go in the folder.
+    folder = f"seed{seed}" if context == TinyShape.context else f"seed{seed}-ctx{context}"
+    path = directory / folder / f"{TINY_MODEL_NAME}.gguf"
     if not path.exists():
         partial = path.with_suffix(f".{os.getpid()}.partial")
-        write_tiny_model(partial, seed)
+        write_tiny_model(partial, seed, TinyShape(context=context))
         partial.replace(path)  # readers never see a half-written file
     return path

@@ -246,6 +246,25 @@ DASHBOARDS: tuple[Dashboard, ...] = (
                 "short",
                 "{{lane}}",
             ),
+            Panel(
+                "Prompt tokens from the prefix cache (hit ratio)",
+                (
+                    'sum by (model) (rate(kbatch_inference_prompt_tokens_total{model=~"$model",'
+                    'source="cache"}[5m])) / sum by (model) (rate(kbatch_inference_prompt_tokens'
+                    '_total{model=~"$model",source=~"cache|evaluated"}[5m]))',
+                ),
+                "percentunit",
+                "{{model}}",
+            ),
+            Panel(
+                "Prompt tokens /s by source",
+                (
+                    "sum by (model, source) "
+                    f"(rate(kbatch_inference_prompt_tokens_total{MODEL}[1m]))",
+                ),
+                "short",
+                "{{source}}",
+            ),
         ),
         repeat_by="model",
         repeat_values="kbatch_scheduler_model_workers",

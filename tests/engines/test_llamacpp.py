@@ -152,3 +152,47 @@ def test_the_tiny_model_is_the_same_bytes_for_the_same_seed(tmp_path: Path) -> N
         return hashlib.sha256(path.read_bytes()).hexdigest()
 
     assert digest(0, "a.gguf") == digest(0, "b.gguf") != digest(1, "c.gguf")
+
+
+def shared(system: str, question: str, key: str | None) -> EngineRequest:
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+    return EngineRequest(
+        f"r-{key}-{question}",
+        "/v1/chat/completions",
+        "kbatch-tiny",
+        messages=messages,
+        sampling={"temperature": 0.0, "max_tokens": 2},
+        prefix_key=key,
+    )
+
+
+async def test_cached_tokens_are_the_prompt_tokens_llama_cpp_did_not_evaluate(
+    engine: LlamaCppEngine,
+) -> None:
+    system = "You grade short answers. " * 8
+    cold = await engine.generate(shared(system, "First?", None))
+    warm = await engine.generate(shared(system, "Second?", None))
+    other = await engine.generate(shared("Another system prompt entirely. " * 6, "Third?", None))
+    assert cold.cached_tokens == 0
+    # Everything up to the question was in the KV already; the question was not.
+    assert warm.cached_tokens is not None
+    assert 0 < len(system) < warm.cached_tokens < warm.prompt_tokens
+    # Only the chat template's opening tokens are shared with a different system prompt.
+    assert other.cached_tokens is not None and other.cached_tokens < 16
+
+
+async def test_one_instance_runs_a_prefix_back_to_back_from_its_queue(tiny_model: Path) -> None:
+    """Requests queued A, B, A, B, A, B: the instance takes the As together, then the
+    Bs, so all but the first of each prefix find it cached."""
+    engine = LlamaCppEngine(str(tiny_model), LlamaCppEngineOptions(), "kbatch-tiny")
+    await engine.start()
+    try:
+        systems = {"a": "Alpha instructions. " * 8, "b": "Beta guidance here. " * 8}
+        order = ["a", "b"] * 3
+        outputs = await asyncio.gather(
+            *(engine.generate(shared(systems[k], f"q{i}", k)) for i, k in enumerate(order))
+        )
+    finally:
+        await engine.close()
+    cold = [o for o in outputs if (o.cached_tokens or 0) < 100]
+    assert len(cold) == 2, [o.cached_tokens for o in outputs]

@@ -132,7 +132,7 @@ def test_json_results_are_read_by_kcat_and_jq(bootstrap: str, tmp_path: Path) ->
     assert_one_result_each(parsed(lines), records, "plain-worker")
 
     jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is not installed")
-    schema_path = data_dir("schemas") / "kbatch.InferenceResult.v1.schema.json"
+    schema_path = data_dir("schemas") / "kbatch.InferenceResult.v2.schema.json"
     validator = jsonschema.Draft202012Validator(json.loads(schema_path.read_text()))
     for line in lines:
         validator.validate(json.loads(line))

@@ -26,8 +26,8 @@ pytestmark = pytest.mark.integration
 
 SMALL = {"high_partitions": 1, "normal_partitions": 2, "low_partitions": 1}
 CHATS, EMBEDDINGS = 6, 4
-V1 = f"{RESULT}.v1.avsc"
-# A later version that adds a field with a default: v1 records resolve to it.
+CURRENT = 2  # the version workers write
+# A later version that adds a field with a default: current records resolve to it.
 REGION = {"name": "region", "type": "string", "default": "unknown"}
 
 
@@ -92,11 +92,11 @@ def as_float32(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def schema_dir(directory: Path, *versions: int) -> Path:
-    """`directory` holding the given InferenceResult versions: v1 from schemas/, v2 as v1
-    plus REGION."""
+    """`directory` holding the given InferenceResult versions: the current one from
+    schemas/, the next as the current plus REGION."""
     directory.mkdir()
-    v1 = json.loads((data_dir("schemas") / V1).read_text())
-    written = {1: v1, 2: {**v1, "fields": [*v1["fields"], REGION]}}
+    current = json.loads((data_dir("schemas") / f"{RESULT}.v{CURRENT}.avsc").read_text())
+    written = {CURRENT: current, CURRENT + 1: {**current, "fields": [*current["fields"], REGION]}}
     for version in versions:
         path = directory / f"{RESULT}.v{version}.avsc"
         path.write_text(json.dumps(written[version]))
@@ -128,15 +128,16 @@ def test_java_decodes_every_result_as_kbatch_does(
 def test_older_versions_decode_once_registered(
     bootstrap: str, results: ResultsTopic, java_reader: ResultsReader, tmp_path: Path
 ) -> None:
-    """v1 records read with a v2 reader schema: v1 is registered, so they resolve."""
-    schemas = schema_dir(tmp_path / "schemas", 1, 2)
+    """Current records read with the next version as reader schema: the current one is
+    registered, so they resolve."""
+    schemas = schema_dir(tmp_path / "schemas", CURRENT, CURRENT + 1)
     run = java_reader.read(bootstrap, results.topics.results, schemas, count=len(results.messages))
     assert run.returncode == 0, run.stderr
 
-    v2 = Codec(RESULT, SchemaCatalog(schemas))
-    assert v2.reader.version == 2
-    kbatch = by_offset(results.messages, v2)
-    java = run.decoded(v2.reader.parsed)
+    later = Codec(RESULT, SchemaCatalog(schemas))
+    assert later.reader.version == CURRENT + 1
+    kbatch = by_offset(results.messages, later)
+    java = run.decoded(later.reader.parsed)
     assert java.keys() == kbatch.keys()
     for key, record in java.items():
         assert record["region"] == "unknown"
@@ -146,8 +147,9 @@ def test_older_versions_decode_once_registered(
 def test_an_unknown_fingerprint_fails_the_reader(
     bootstrap: str, results: ResultsTopic, java_reader: ResultsReader, tmp_path: Path
 ) -> None:
-    """Only v2 registered: the v1 fingerprint on every record is unknown to the decoder."""
-    schemas = schema_dir(tmp_path / "schemas", 2)
+    """Only the next version registered: the current fingerprint on every record is
+    unknown to the decoder."""
+    schemas = schema_dir(tmp_path / "schemas", CURRENT + 1)
     run = java_reader.read(bootstrap, results.topics.results, schemas, count=1)
     assert run.returncode == 3, run.stderr
     assert run.records == {}

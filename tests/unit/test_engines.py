@@ -124,9 +124,9 @@ def test_vllm_sampling_parameters_come_from_the_body() -> None:
 
 
 def test_vllm_output_maps_tokens_and_finish_reason() -> None:
-    output = generation_output([1, 2, 3], "hi", [5, 6], "stop")
+    output = generation_output([1, 2, 3], "hi", [5, 6], "stop", 2)
     assert (output.prompt_tokens, output.completion_tokens, output.text) == (3, 2, "hi")
-    assert output.finish_reason == "stop"
+    assert (output.finish_reason, output.cached_tokens) == ("stop", 2)
     assert is_context_length_error(
         "The decoder prompt (length 9000) is longer than the maximum model length of 4096."
     )

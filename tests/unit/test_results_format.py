@@ -24,7 +24,7 @@ from services.inference.settings import SimulatedEngineOptions
 from services.resources import data_dir
 from services.settings import CommonSettings
 
-JSON_SCHEMA = data_dir("schemas") / "kbatch.InferenceResult.v1.schema.json"
+JSON_SCHEMA = data_dir("schemas") / "kbatch.InferenceResult.v2.schema.json"
 FORMATS: list[ResultsFormat] = ["avro", "json"]
 
 
@@ -122,7 +122,7 @@ def _json_type(avro: Any) -> Any:
 
 
 def test_the_json_schema_agrees_with_the_avro_schema() -> None:
-    avro = json.loads((data_dir("schemas") / "kbatch.InferenceResult.v1.avsc").read_text())
+    avro = json.loads((data_dir("schemas") / "kbatch.InferenceResult.v2.avsc").read_text())
     schema = json.loads(JSON_SCHEMA.read_text(encoding="utf-8"))
     shape = {
         k: v

@@ -113,6 +113,7 @@ def test_every_engine_argument_is_an_async_engine_args_field(task: Task) -> None
     assert args.scheduling_policy in typing.get_args(SchedulerPolicy)
     assert args.runner in typing.get_args(RunnerType)
     assert args.runner == ("pooling" if task == "embed" else "generate")
+    assert args.enable_prefix_caching is (task == "generate")
     assert args.dtype in typing.get_args(ModelDType)
 
 
@@ -291,7 +292,9 @@ class Fake:
 
     def text_output(self, text: str, finish_reason: str | None) -> None:
         completion = CompletionOutput(0, text, [11, 12], None, None, finish_reason=finish_reason)
-        output = RequestOutput("req-1:2", "p", [1, 2, 3], None, [completion], finished=True)
+        output = RequestOutput(
+            "req-1:2", "p", [1, 2, 3], None, [completion], finished=True, num_cached_tokens=1
+        )
         self.llm.generate.side_effect = self._yield(output)
 
     def raises(self, exc: BaseException) -> None:
@@ -325,6 +328,7 @@ async def test_a_completion_goes_to_generate_with_its_priority_and_id() -> None:
     output = await engine.generate(completion(priority="low"))
     assert (output.text, output.prompt_tokens, output.completion_tokens) == ("Paris", 3, 2)
     assert output.finish_reason == "stop"
+    assert output.cached_tokens == 1  # RequestOutput.num_cached_tokens: the prefix cache's
     (prompt, params, request_id), kwargs = fake.llm.generate.call_args
     assert (prompt, request_id) == ("Once upon", "req-1:2")
     assert isinstance(params, SamplingParams)

@@ -31,6 +31,7 @@ class EngineRequest:
     sampling: dict[str, Any] = field(default_factory=dict)
     attempt: int = 0
     priority: str = "normal"  # the lane: engines that schedule by priority serve high first
+    prefix_key: str | None = None  # shared by requests with the same prompt prefix
 
     @property
     def engine_request_id(self) -> str:
@@ -39,7 +40,11 @@ class EngineRequest:
 
     @classmethod
     def from_record(
-        cls, record: dict[str, Any], attempt: int = 0, priority: str | None = None
+        cls,
+        record: dict[str, Any],
+        attempt: int = 0,
+        priority: str | None = None,
+        prefix_key: str | None = None,
     ) -> EngineRequest:
         body = record["body"]
         sampling = {key: body[key] for key in SAMPLING_FIELDS if body.get(key) not in (None, [])}
@@ -53,6 +58,7 @@ class EngineRequest:
             sampling=sampling,
             attempt=attempt,
             priority=priority or record["priority"],
+            prefix_key=prefix_key,
         )
 
 
@@ -65,6 +71,9 @@ class EngineOutput:
     text: str | None = None
     embedding: list[float] | None = None
     finish_reason: str | None = None
+    # Prompt tokens the engine did not evaluate (its prefix cache had them); None when
+    # the engine cannot say (a remote server that does not report it).
+    cached_tokens: int | None = 0
 
 
 class Engine(Protocol):

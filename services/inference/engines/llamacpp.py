@@ -7,6 +7,12 @@ each holding its own weights and KV cache. On a CPU host one instance with all
 cores is usually fastest; more instances pay off when a single sequence cannot
 use the machine (small models, many cores).
 
+An instance keeps its previous prompt's KV and evaluates only what a new prompt
+does not share with it, so the engine queues a window of requests
+(KBATCH_INFERENCE__LLAMACPP__PREFIX_WINDOW) and each instance takes those sharing
+the prefix it ran last first (`PrefixQueue`: lanes first, a bound on skipping).
+The prompt tokens it did not evaluate are each result's `cached_tokens`.
+
 Chat requests go through `Llama.create_chat_completion` (the model's own chat
 template), completions through `create_completion`, embeddings through
 `create_embedding`: at temperature 0 a request answers exactly what the binding
@@ -21,10 +27,9 @@ KBATCH_INFERENCE__ENGINE=llamacpp (pip install kbatch[llamacpp]).
 from __future__ import annotations
 
 import asyncio
-import itertools
-import queue
 import threading
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -44,12 +49,13 @@ from services.inference.engines.openai_params import (
     is_context_length_error,
     sampling_kwargs,
 )
+from services.inference.prefix_queue import PrefixQueue
 from services.inference.settings import (
     InferenceOptions,
     LlamaCppEngineOptions,
     one_served_model,
 )
-from services.lanes import LANE_ORDER, lane_rank
+from services.lanes import lane_rank
 
 # OpenAI's documented defaults; llama-cpp-python's own (temperature 0.2, top_p 0.95)
 # would answer a line that sets neither differently from every other engine.
@@ -61,17 +67,40 @@ def llama_arguments(request: EngineRequest) -> dict[str, Any]:
     return OPENAI_SAMPLING_DEFAULTS | sampling_kwargs(request)
 
 
-def output_of(response: dict[str, Any], chat: bool) -> EngineOutput:
-    """An OpenAI-shaped response from the binding as an EngineOutput (pure)."""
+def output_of(response: dict[str, Any], chat: bool, evaluated: int | None) -> EngineOutput:
+    """An OpenAI-shaped response from the binding as an EngineOutput (pure); `evaluated`:
+    the prompt tokens llama.cpp evaluated for it, the rest came from its KV cache."""
     choice = response["choices"][0]
     usage = response["usage"]
     text = choice["message"]["content"] if chat else choice["text"]
+    prompt_tokens = usage["prompt_tokens"]
     return EngineOutput(
-        prompt_tokens=usage["prompt_tokens"],
+        prompt_tokens=prompt_tokens,
         completion_tokens=usage["completion_tokens"],
         text=text or "",
         finish_reason=choice.get("finish_reason"),
+        cached_tokens=max(0, prompt_tokens - (prompt_tokens if evaluated is None else evaluated)),
     )
+
+
+class PromptEvaluation:
+    """Wraps one instance's `eval` to see how many prompt tokens a request evaluated:
+    `Llama.generate` keeps the longest prefix its KV shares with the new prompt and
+    evaluates the rest in its first `eval` call (decoding evaluates one token a call
+    after it). Counting what llama.cpp was given is its own figure, not an estimate."""
+
+    def __init__(self, instance: llama_cpp.Llama) -> None:
+        self._eval: Callable[[Sequence[int]], None] = instance.eval
+        self.prompt: int | None = None
+        instance.eval = self  # type: ignore[method-assign]
+
+    def __call__(self, tokens: Sequence[int]) -> None:
+        if self.prompt is None:
+            self.prompt = len(tokens)
+        self._eval(tokens)
+
+    def reset(self) -> None:
+        self.prompt = None
 
 
 def load_llama(path: str, options: LlamaCppEngineOptions) -> llama_cpp.Llama:
@@ -93,15 +122,6 @@ def load_llama(path: str, options: LlamaCppEngineOptions) -> llama_cpp.Llama:
         raise ConfigurationError(f"llama.cpp could not load {path}: {exc}") from exc
 
 
-@dataclass(frozen=True, order=True)
-class _Queued:
-    """A queue entry: the highest lane first, then in arrival order; `job` None closes."""
-
-    rank: int
-    arrival: int
-    job: _Job | None = field(compare=False)
-
-
 @dataclass(frozen=True)
 class _Job:
     request: EngineRequest
@@ -121,7 +141,7 @@ def _settle(job: _Job, output: EngineOutput | None, error: BaseException | None)
 
 class LlamaCppEngine:
     """`instances` threads, each owning one `Llama`, taking requests from one queue
-    (the highest lane first, then in arrival order).
+    (the highest lane first, then its cached prefix's, then in arrival order).
 
     A thread starts the next queued request the moment it finishes one, without a
     round trip through the event loop (handing instances out from the loop left the
@@ -135,8 +155,9 @@ class LlamaCppEngine:
         self.served_model = served_model
         self._path = model_path
         self._options = options
-        self._jobs: queue.PriorityQueue[_Queued] = queue.PriorityQueue()
-        self._arrivals = itertools.count()
+        self._jobs: PrefixQueue[_Job] = PrefixQueue(options.instances, options.max_prefix_skips)
+        self._ready = threading.Condition()
+        self._closing = False
         self._threads: list[threading.Thread] = []
         self._running = 0
 
@@ -159,21 +180,31 @@ class LlamaCppEngine:
             # Loaded here, one by one, so that a bad file fails the start, not a request.
             instance = await asyncio.to_thread(load_llama, self._path, self._options)
             thread = threading.Thread(
-                target=self._serve, args=(instance,), name=f"llamacpp-{index}", daemon=True
+                target=self._serve, args=(index, instance), name=f"llamacpp-{index}", daemon=True
             )
             thread.start()
             self._threads.append(thread)
 
-    def _serve(self, instance: llama_cpp.Llama) -> None:
-        """One instance's thread: requests in queue order until the closing sentinel."""
+    def _next(self, slot: int) -> _Job | None:
+        """The slot's next request; None once closing and nothing is left."""
+        with self._ready:
+            while (job := self._jobs.take(slot)) is None:
+                if self._closing:
+                    return None
+                self._ready.wait()
+            return job
+
+    def _serve(self, slot: int, instance: llama_cpp.Llama) -> None:
+        """One instance's thread: requests in queue order until closing leaves none."""
+        evaluation = PromptEvaluation(instance)
         try:
-            while (job := self._jobs.get().job) is not None:
+            while (job := self._next(slot)) is not None:
                 if job.done.cancelled():
                     continue  # cancelled while queued: never decoded
                 output: EngineOutput | None = None
                 error: BaseException | None = None
                 try:
-                    output = self._run(instance, job.request)
+                    output = self._run(instance, evaluation, job.request)
                 except (InvalidRequestError, TransientEngineError) as exc:
                     error = exc
                 except Exception as exc:  # noqa: BLE001 - anything else: the engine is unusable
@@ -189,9 +220,9 @@ class LlamaCppEngine:
         return self._options.instances
 
     async def close(self) -> None:
-        for _ in self._threads:
-            # After every queued request, whatever its lane.
-            self._jobs.put(_Queued(len(LANE_ORDER), next(self._arrivals), None))
+        with self._ready:
+            self._closing = True  # each thread exits once nothing is left queued
+            self._ready.notify_all()
         # Each thread finishes the request it decodes (there is no abort), then exits.
         await asyncio.gather(*(asyncio.to_thread(t.join) for t in self._threads))
         self._threads.clear()
@@ -200,14 +231,19 @@ class LlamaCppEngine:
         check_task(self.name, self._options.task, self.served_model, request.endpoint)
         loop = asyncio.get_running_loop()
         job = _Job(request, loop.create_future(), loop)
-        self._jobs.put(_Queued(lane_rank(request.priority), next(self._arrivals), job))
+        with self._ready:
+            self._jobs.put(job, lane_rank(request.priority), request.prefix_key)
+            self._ready.notify()
         self._running += 1
         try:
             return await job.done
         finally:
             self._running -= 1
 
-    def _run(self, instance: llama_cpp.Llama, request: EngineRequest) -> EngineOutput:
+    def _run(
+        self, instance: llama_cpp.Llama, evaluation: PromptEvaluation, request: EngineRequest
+    ) -> EngineOutput:
+        evaluation.reset()
         try:
             if request.endpoint == EMBEDDINGS:
                 return self._embed(instance, request)
@@ -215,11 +251,11 @@ class LlamaCppEngine:
                 chat = instance.create_chat_completion(
                     messages=cast(Any, chat_messages(request)), **llama_arguments(request)
                 )
-                return output_of(cast(dict[str, Any], chat), chat=True)
+                return output_of(cast(dict[str, Any], chat), True, evaluation.prompt)
             if not request.prompt:
                 raise InvalidRequestError("the prompt is empty")
             completion = instance.create_completion(request.prompt, **llama_arguments(request))
-            return output_of(cast(dict[str, Any], completion), chat=False)
+            return output_of(cast(dict[str, Any], completion), False, evaluation.prompt)
         except ValueError as exc:
             if is_context_length_error(str(exc)):
                 raise InvalidRequestError(str(exc)) from exc

@@ -86,7 +86,12 @@ def output_of(endpoint: str, response: dict[str, Any]) -> EngineOutput:
     prompt_tokens = int(usage.get("prompt_tokens") or 0)
     if endpoint == "/v1/embeddings":
         vector = response["data"][0]["embedding"]
-        return EngineOutput(prompt_tokens, 0, embedding=[float(v) for v in vector])
+        return EngineOutput(
+            prompt_tokens,
+            0,
+            embedding=[float(v) for v in vector],
+            cached_tokens=reported_cached_tokens(usage),
+        )
     choice = response["choices"][0]
     text = choice["message"]["content"] if "message" in choice else choice["text"]
     return EngineOutput(
@@ -94,7 +99,16 @@ def output_of(endpoint: str, response: dict[str, Any]) -> EngineOutput:
         int(usage.get("completion_tokens") or 0),
         text=text or "",
         finish_reason=choice.get("finish_reason"),
+        cached_tokens=reported_cached_tokens(usage),
     )
+
+
+def reported_cached_tokens(usage: dict[str, Any]) -> int | None:
+    """The server's own count of prompt tokens its cache served (OpenAI's
+    usage.prompt_tokens_details.cached_tokens); None when it does not report one."""
+    details = usage.get("prompt_tokens_details") or {}
+    cached = details.get("cached_tokens")
+    return int(cached) if cached is not None else None
 
 
 class OpenAICompatEngine:

@@ -113,6 +113,9 @@ class VllmEngine:
             dtype=options.dtype,
             tensor_parallel_size=options.tensor_parallel_size,
             runner="pooling" if options.task == "embed" else "generate",
+            # Requests sharing a prompt prefix reuse its KV blocks (what prefix affinity
+            # feeds); vLLM's own default, set so that it cannot change under kbatch.
+            enable_prefix_caching=options.task == "generate",
             scheduling_policy="priority",  # lowest `priority=` first: vllm_priority(lane)
             **lora,
         )
@@ -174,7 +177,11 @@ class VllmEngine:
                 f"vLLM ended {request_id} with finish_reason={completion.finish_reason}"
             )
         return generation_output(
-            final.prompt_token_ids, completion.text, completion.token_ids, completion.finish_reason
+            final.prompt_token_ids,
+            completion.text,
+            completion.token_ids,
+            completion.finish_reason,
+            final.num_cached_tokens,
         )
 
     def _prompt(self, request: EngineRequest) -> tuple[str, dict[str, Any] | None]:
@@ -214,7 +221,9 @@ class VllmEngine:
             raise TransientEngineError(f"vLLM returned no embedding for {request_id}")
         if final.error is not None:
             raise engine_error(final.error.to_exception())
-        return embedding_output(final.prompt_token_ids, final.outputs.data.tolist())
+        return embedding_output(
+            final.prompt_token_ids, final.outputs.data.tolist(), final.num_cached_tokens
+        )
 
     def _require(self) -> AsyncLLM:
         if self._engine is None:

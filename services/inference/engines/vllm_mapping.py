@@ -20,24 +20,28 @@ def generation_output(
     text: str,
     token_ids: Sequence[int],
     finish_reason: str | None,
+    num_cached_tokens: int | None,
 ) -> EngineOutput:
-    """One finished vLLM CompletionOutput as an EngineOutput."""
+    """One finished vLLM CompletionOutput as an EngineOutput; `num_cached_tokens`: the
+    RequestOutput's count of prompt tokens its prefix cache held."""
     return EngineOutput(
         prompt_tokens=len(prompt_token_ids or ()),
         completion_tokens=len(token_ids),
         text=text,
         finish_reason=finish_reason,
+        cached_tokens=num_cached_tokens,
     )
 
 
 def embedding_output(
-    prompt_token_ids: Sequence[int] | None, values: Sequence[float]
+    prompt_token_ids: Sequence[int] | None, values: Sequence[float], num_cached_tokens: int
 ) -> EngineOutput:
     """One pooled vector (task="embed": one per input, not one per token)."""
     return EngineOutput(
         prompt_tokens=len(prompt_token_ids or ()),
         completion_tokens=0,
         embedding=[float(v) for v in values],
+        cached_tokens=num_cached_tokens,
     )
 
 

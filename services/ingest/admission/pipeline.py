@@ -18,9 +18,11 @@ from typing import Any, NamedTuple
 from services.codec import REQUEST, codec
 from services.ingest.admission.ledger import JobLedger
 from services.ingest.admission.lines import RawLine
+from services.ingest.admission.prefix_placement import PrefixPlacement
 from services.ingest.admission.validation import Limits, Rejection, RequestContext, parse_line
 from services.kafka.transactions import OutRecord
 from services.lanes import Lane
+from services.prefix import PREFIX_HEADER, prefix_key
 from services.routing import Cell, RequestLayout
 
 
@@ -41,10 +43,19 @@ class Admitted:
 
 
 class Placement(NamedTuple):
-    """Where an admitted request waits."""
+    """Where an admitted request waits, and the prefix key that placed it (if any)."""
 
     topic: str
     partition: int
+    prefix_key: str | None = None
+
+
+@dataclass(frozen=True)
+class PrefixAffinity:
+    """Placement by prompt prefix (services/prefix.py); None in the pipeline: by id."""
+
+    placement: PrefixPlacement
+    completion_chars: int
 
 
 class AdmissionPipeline:
@@ -58,9 +69,11 @@ class AdmissionPipeline:
         limits: Limits,
         max_line_bytes: int,
         max_lines_per_job: int,
+        prefix_affinity: PrefixAffinity | None = None,
     ) -> None:
         self._ledger = ledger
         self._layout = layout
+        self._prefix_affinity = prefix_affinity
         self.limits = limits  # replaced whole when the model registry changes
         self._max_line_bytes = max_line_bytes
         self._max_lines_per_job = max_lines_per_job
@@ -109,15 +122,27 @@ class AdmissionPipeline:
         return Admitted(number, custom_id, lane, request["request_id"].encode(), request)
 
     def placement(self, admitted: Admitted) -> Placement:
-        """Step 5: its model's requests topic, and the partition of its lane for its key."""
+        """Step 5: its model's requests topic, and the partition of its lane: by its
+        prompt prefix when it has one (and affinity is on), else by its id."""
         model = admitted.request["model"]
-        where = self._layout.place(model, admitted.lane, admitted.key)
-        return Placement(self._layout.topic(model), where.partition)
+        topic = self._layout.topic(model)
+        affinity = self._prefix_affinity
+        if affinity is not None:
+            key = prefix_key(model, admitted.request["body"], affinity.completion_chars)
+            if key is not None:
+                where = affinity.placement.place(model, admitted.lane, key)
+                return Placement(topic, where.partition, key)
+        return Placement(topic, self._layout.place(model, admitted.lane, admitted.key).partition)
 
     def record(self, admitted: Admitted) -> OutRecord:
-        """Step 6: what to publish: the encoded request, keyed by its id, at its placement."""
-        topic, partition = self.placement(admitted)
-        return OutRecord(topic, admitted.key, self._codec.encode(admitted.request), [], partition)
+        """Step 6: what to publish: the encoded request, keyed by its id, at its placement,
+        with its prefix key in a header for the worker's engine queue."""
+        topic, partition, key = self.placement(admitted)
+        headers: list[tuple[str, str | bytes | None]] = []
+        if key is not None:
+            headers.append((PREFIX_HEADER, key.encode()))
+        value = self._codec.encode(admitted.request)
+        return OutRecord(topic, admitted.key, value, headers, partition)
 
     def release(self, job_id: str, custom_ids: Iterable[str]) -> None:
         """Forget claims whose requests were not published (refused, failed, rolled back)."""

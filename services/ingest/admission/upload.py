@@ -180,7 +180,12 @@ class Upload:
         chunk.started = time.perf_counter()
         for _, record in pending:
             await self._p.producer.produce(
-                chunk.batch, record.topic, record.value, record.key, record.partition
+                chunk.batch,
+                record.topic,
+                record.value,
+                record.key,
+                record.partition,
+                record.headers,
             )
         for cell, count in Counter(admitted.cell for admitted, _ in pending).items():
             self._p.backlog.note_published(cell, count)

@@ -123,6 +123,7 @@ class BatchRefresher:
             files.input_tokens,
             files.output_tokens,
             files.model,
+            files.cached_tokens,
         )
 
     async def _scheduler_counts(self, batch_id: str) -> tuple[int, int] | None:

@@ -44,6 +44,7 @@ class Progress:
     input_tokens: int = 0
     output_tokens: int = 0
     model: str | None = None  # the served model named by the job's first result
+    cached_tokens: int = 0  # of input_tokens, served from engines' prefix caches
 
     @property
     def collected(self) -> int:
@@ -91,12 +92,13 @@ def new_batch(
     }
 
 
-def usage(input_tokens: int, output_tokens: int) -> dict[str, Any]:
-    """OpenAI's batch usage. kbatch's engines report no cached or reasoning tokens, so
-    those details are 0 (as OpenAI's are for a model without them)."""
+def usage(input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
+    """OpenAI's batch usage: cached tokens summed from the results (an engine that does
+    not report them adds none); no engine reports reasoning tokens (0, as OpenAI's are
+    for a model without them)."""
     return {
         "input_tokens": input_tokens,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": cached_tokens},
         "output_tokens": output_tokens,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": input_tokens + output_tokens,
@@ -184,7 +186,7 @@ def step(batch: dict[str, Any], progress: Progress, now_s: int) -> dict[str, Any
     status = batch["status"]
     seen = {
         **batch,
-        "usage": usage(progress.input_tokens, progress.output_tokens),
+        "usage": usage(progress.input_tokens, progress.output_tokens, progress.cached_tokens),
         # A batch whose lines named its models at validation keeps that answer.
         "model": batch.get("model")
         if batch.get("models")
