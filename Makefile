@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 VLLM_VENV  := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: test test-vllm test-deploy prometheus-installed kcat-installed jdk-installed lint demo kafka-up kafka-down bench-ingest bench-pipeline bench-failover bench-chaos bench-priority bench-models bench-scale bench-engines clean
+.PHONY: test test-vllm test-deploy prometheus-installed kcat-installed jdk-installed lint demo kafka-up kafka-down bench-ingest bench-pipeline bench-failover bench-chaos bench-priority bench-models bench-prefix bench-scale bench-engines clean
 
 # The dev extra brings llama-cpp-python, built from source once per machine (a few
 # minutes on 2 cores); pip keeps the built wheel in its cache for every later install.
@@ -85,7 +85,7 @@ kafka-down: $(STAMP)
 
 # Each bench prints JSON and keeps it, with its logs, under .kbatch/bench (--out DIR).
 # Those behind the README's figures also update docs/bench and re-render the README.
-bench-ingest bench-pipeline bench-failover bench-chaos bench-priority bench-models: bench-%: $(STAMP)
+bench-ingest bench-pipeline bench-failover bench-chaos bench-priority bench-models bench-prefix: bench-%: $(STAMP)
 	$(BIN)/kbatch bench $*
 	cp .kbatch/bench/$*.json docs/bench/$*.json
 	$(BIN)/python -m services.bench.readme

@@ -17,6 +17,7 @@ from services.bench import ingest as bench_ingest
 from services.bench import metrics_plot as bench_metrics_plot
 from services.bench import models as bench_models
 from services.bench import pipeline as bench_pipeline
+from services.bench import prefix as bench_prefix
 from services.bench import priority as bench_priority
 from services.bench import scale as bench_scale
 from services.client import cli as client_cli
@@ -44,6 +45,7 @@ bench_app.command("scale")(bench_scale.main)
 bench_app.command("failover")(bench_failover.main)
 bench_app.command("priority")(bench_priority.main)
 bench_app.command("models")(bench_models.main)
+bench_app.command("prefix")(bench_prefix.main)
 bench_app.command("chaos")(bench_chaos.main)
 bench_app.command("metrics-plot")(bench_metrics_plot.main)
 app.add_typer(topics_app, name="topics")

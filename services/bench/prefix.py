@@ -32,6 +32,7 @@ from services.harness.pipeline import (
     start_scheduler,
 )
 from services.harness.processes import ServiceProcess
+from services.inference.settings import LlamaCppEngineOptions
 from services.models.tiny import TINY_MODEL_NAME, ensure_tiny_model
 from services.settings import TopicSettings
 
@@ -124,10 +125,10 @@ def through_pipeline(
 
 def direct(model: Path, lines: list[dict[str, Any]], grouped: bool) -> dict[str, Any]:
     """The same requests straight into one llama-cpp-python instance (one thread)."""
-    import llama_cpp
+    from services.inference.engines.llamacpp import load_llama
 
     ordered = sorted(lines, key=lambda line: line["body"]["messages"][0]["content"])
-    llama = llama_cpp.Llama(model_path=str(model), n_ctx=CONTEXT, n_threads=1, verbose=False)
+    llama = load_llama(str(model), LlamaCppEngineOptions(n_ctx=CONTEXT, n_threads=1))
     try:
         started = time.perf_counter()
         for line in ordered if grouped else lines:

@@ -23,6 +23,7 @@ BENCH_FILES = {
     "failover": Path("docs/bench/failover.json"),
     "priority": Path("docs/bench/priority.json"),
     "models": Path("docs/bench/models.json"),
+    "prefix": Path("docs/bench/prefix.json"),
 }
 
 
@@ -311,6 +312,49 @@ def models_table(result: dict[str, Any]) -> str:
     )
 
 
+def prefix_table(result: dict[str, Any]) -> str:
+    job, pipe, direct = result["job"], result["pipeline"], result["direct"]
+    speedup, goal = pipe["speedup"], result["goal_speedup"]
+    share_goal = result["goal_cached_share"]
+    on_share = statistics.median(pipe["affinity_cached_share"])
+
+    def runs(values: list[float]) -> str:
+        return ", ".join(f"{v:g}" for v in values)
+
+    intro = (
+        f"{_measured(result)} One job of {job['system_prompts']} system prompts of "
+        f"{job['system_chars']:,} characters x {job['questions_each']} questions, shuffled, "
+        f"max_tokens {job['max_tokens']}, through ingest's Batch API to "
+        f"{job['workers']} `llamacpp` workers (one instance, one thread each; the tiny model "
+        f"with a {job['context']:,}-token context), affinity on and off alternating, each run "
+        "with prompts of its own. Anchor: llama-cpp-python called directly (one instance, "
+        "one thread) on the same requests, grouped by prompt and interleaved: what ordering "
+        "alone can give on this machine."
+    )
+    rows: list[list[object]] = [
+        [
+            "kbatch, affinity on / off",
+            runs(pipe["affinity_per_s"]),
+            runs(pipe["no_affinity_per_s"]),
+            f"{speedup:.2f} ({_goal(speedup, goal)})",
+        ],
+        [
+            "llama.cpp direct, grouped / interleaved",
+            direct["grouped_per_s"],
+            direct["interleaved_per_s"],
+            f"{direct['speedup']:.2f}",
+        ],
+    ]
+    shares = (
+        f"Prompt tokens served from the cache: {runs(pipe['affinity_cached_share'])} with "
+        f"affinity ({_goal(on_share, share_goal)}), "
+        f"{runs(pipe['no_affinity_cached_share'])} without. kbatch with affinity reached "
+        f"{speedup / direct['speedup']:.2f} of the direct bound's speed-up."
+    )
+    columns = ["run", "on / grouped req/s", "off / interleaved req/s", "speed-up"]
+    return "\n".join([intro, "", *_table(columns, rows), "", shares])
+
+
 RENDERERS = {
     "engines": engines_table,
     "pipeline": pipeline_table,
@@ -320,6 +364,7 @@ RENDERERS = {
     "failover": failover_table,
     "priority": priority_table,
     "models": models_table,
+    "prefix": prefix_table,
 }
 
 

@@ -84,7 +84,12 @@ class LlamaCppEngineOptions(BaseModel):
         "one sequence per instance); each holds its own weights and KV cache",
     )
     n_ctx: int = Field(0, ge=0, description="context length; 0 = the model's own")
-    n_threads: int | None = Field(None, ge=1, description="CPU threads per instance; unset: auto")
+    n_threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads per instance, decoding and prompt evaluation alike; "
+        "unset: every core",
+    )
     n_batch: int = Field(512, ge=1, description="prompt tokens evaluated per step")
     n_gpu_layers: int = Field(0, description="layers offloaded to a GPU; -1 = all")
     task: Literal["generate", "embed"] = Field("generate", description="generate or embed")

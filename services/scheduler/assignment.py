@@ -24,11 +24,12 @@ in the order they apply:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from services.routing import ModelPartition
-from services.scheduler.inputs import PartitionView, Tier, WorkerView
+from services.scheduler.inputs import RANK, PartitionView, Tier, WorkerView
 from services.scheduler.placement import Placement
 
 _SETTLING_ROUNDS = 8
@@ -79,14 +80,18 @@ def _in_turn(parts: Iterable[PartitionView], kept: set[ModelPartition]) -> list[
     """The partitions not kept, in placing order: by tier, then the models take turns
     (each model's n-th partition of a tier before any model's n+1-th, counting the
     partitions it keeps), busiest first within a model."""
-    groups: dict[tuple[str, Tier], list[PartitionView]] = {}
+    placing: dict[tuple[str, Tier], list[PartitionView]] = {}
+    kept_turns: Counter[tuple[str, Tier]] = Counter()  # turns its kept partitions took
     for part in parts:
-        groups.setdefault((part.model, part.tier), []).append(part)
+        if part.where in kept:
+            kept_turns[part.model_tier] += 1
+        else:
+            placing.setdefault(part.model_tier, []).append(part)
     ordered: list[tuple[Tier, int, int, ModelPartition, PartitionView]] = []
-    for (_, tier), members in groups.items():
-        members.sort(key=lambda p: (p.where not in kept, -p.backlog, p.where))
-        for turn, part in enumerate(members):
-            if part.where not in kept:
-                ordered.append((tier, turn, -part.backlog, part.where, part))
+    for group, members in placing.items():
+        members.sort(key=RANK)  # one tier: busiest first
+        first_turn = kept_turns[group]
+        for turn, part in enumerate(members, start=first_turn):
+            ordered.append((part.tier, turn, -part.backlog, part.where, part))
     ordered.sort()  # `where` is unique: the views themselves are never compared
     return [item[-1] for item in ordered]

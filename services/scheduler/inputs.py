@@ -50,6 +50,7 @@ class PartitionView:
     model: str = field(init=False)
     tier: Tier = field(init=False)
     rank: tuple[Tier, int, ModelPartition] = field(init=False)  # smaller: more deserving
+    model_tier: tuple[str, Tier] = field(init=False)  # what fair shares count
 
     def __post_init__(self) -> None:
         # Read a hundred thousand times a pass on a large fleet: stored, not derived.
@@ -57,6 +58,7 @@ class PartitionView:
         tier = (0 if self.backlog > 0 else 1, LANE_ORDER.index(self.lane))
         object.__setattr__(self, "tier", tier)
         object.__setattr__(self, "rank", (tier, -self.backlog, self.where))
+        object.__setattr__(self, "model_tier", (self.where.model, tier))
 
     def outranks(self, other: PartitionView) -> bool:
         """Strictly more deserving of a slot: only a partition with work displaces, so

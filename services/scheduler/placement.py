@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Mapping
 
 from services.routing import ModelPartition
@@ -24,7 +23,7 @@ class Placement:
             for model in w.models:
                 self.serving.setdefault(model, []).append(w.worker_id)
         self.version = dict.fromkeys(self.placed, 0)  # grows with each change of its placements
-        self.held = {w.worker_id: Counter[tuple[str, Tier]]() for w in fleet}  # (model, tier)
+        self.held: dict[str, dict[tuple[str, Tier], int]] = {w.worker_id: {} for w in fleet}
         self._worst: dict[str, tuple[int, PartitionView | None]] = {}
         self.failed: dict[tuple[str, Tier], tuple[int, ...]] = {}  # no victim, at these versions
         self.slots = FreeSlots(
@@ -82,8 +81,9 @@ class Placement:
         while True:
             hopeless: list[PartitionView] = []
             views: list[PartitionView] = []
+            versions: dict[str, tuple[int, ...]] = {}  # nothing is placed while sorting
             for view in self.waiting:
-                (hopeless if self._hopeless(view) else views).append(view)
+                (hopeless if self._hopeless(view, versions) else views).append(view)
             if not views:
                 break
             views.sort(key=RANK)
@@ -94,14 +94,20 @@ class Placement:
             any_placed = True
         return any_placed
 
-    def _hopeless(self, part: PartitionView) -> bool:
+    def _hopeless(self, part: PartitionView, versions: dict[str, tuple[int, ...]]) -> bool:
         if self.free > 0:
             return False
         if part.backlog == 0:
             return True  # a drained partition only takes free room
-        serving = self.serving.get(part.model, ())
-        versions = tuple(self.version[w] for w in serving)
-        return self.failed.get((part.model, part.tier)) == versions
+        serving = versions.get(part.model)
+        if serving is None:
+            serving = versions[part.model] = self._serving_versions(part.model)
+        return self.failed.get(part.model_tier) == serving
+
+    def _serving_versions(self, model: str) -> tuple[int, ...]:
+        """The versions of the workers serving `model`: a failed victim search stays
+        failed while they are unchanged."""
+        return tuple(self.version[w] for w in self.serving.get(model, ()))
 
     def _wait(self, part: PartitionView) -> None:
         self.waiting.append(part)
@@ -168,9 +174,9 @@ class Placement:
     def _displace(self, part: PartitionView) -> str | None:
         """Give `part` the slot of the least deserving placed partition it outranks (a
         worse tier first), else of a model holding two more of its tier on a worker."""
-        memo = (part.model, part.tier)
+        memo = part.model_tier
         serving = self.serving.get(part.model, ())
-        versions = tuple(self.version[w] for w in serving)
+        versions = self._serving_versions(part.model)
         if self.failed.get(memo) == versions:
             return None  # nothing placed where it may go changed since it found no victim
         preferred = POOL_PREFERENCE[part.lane]
@@ -199,7 +205,7 @@ class Placement:
         if worst is not None and part.outranks(worst):
             return worst, (1, worst.tier, 0, -worst.backlog)
         # Fair shares are per worker: what its capacity gives each model it serves.
-        mine = held[(part.model, part.tier)]
+        mine = held.get(part.model_tier, 0)
         crowded = [
             m for (m, t), n in held.items() if t == part.tier and m != part.model and n > mine + 1
         ]
@@ -207,11 +213,11 @@ class Placement:
             return None, (0, part.tier, 0, 0)
         victim = max(
             (p for p in self.placed[worker_id] if p.tier == part.tier and p.model in crowded),
-            key=lambda p: (held[(p.model, p.tier)], -p.backlog, p.where),
+            key=lambda p: (held[p.model_tier], -p.backlog, p.where),
         )
-        return victim, (0, victim.tier, held[(victim.model, victim.tier)], -victim.backlog)
+        return victim, (0, victim.tier, held[victim.model_tier], -victim.backlog)
 
-    def _summary(self, worker_id: str) -> tuple[PartitionView | None, Counter[tuple[str, Tier]]]:
+    def _summary(self, worker_id: str) -> tuple[PartitionView | None, dict[tuple[str, Tier], int]]:
         """One worker's least deserving partition (found again only after its
         placements change) and its partitions per (model, tier)."""
         version, worst = self._worst.get(worker_id, (-1, None))
@@ -222,14 +228,15 @@ class Placement:
 
     def _put(self, worker_id: str, part: PartitionView) -> None:
         self.placed[worker_id].append(part)
-        self.held[worker_id][(part.model, part.tier)] += 1
+        held = self.held[worker_id]
+        held[part.model_tier] = held.get(part.model_tier, 0) + 1
         self.load[worker_id] += 1
         self.free -= 1
         self.version[worker_id] += 1
 
     def _take(self, worker_id: str, part: PartitionView) -> None:
         self.placed[worker_id].remove(part)
-        self.held[worker_id][(part.model, part.tier)] -= 1
+        self.held[worker_id][part.model_tier] -= 1
         self.load[worker_id] -= 1
         self.free += 1
         self.version[worker_id] += 1
