@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 VLLM_VENV  := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: test test-vllm test-deploy prometheus-installed kcat-installed jdk-installed lint demo kafka-up kafka-down bench-ingest bench-pipeline bench-failover bench-chaos bench-priority bench-models bench-prefix bench-scale bench-engines clean
+.PHONY: test test-vllm test-deploy prometheus-installed kcat-installed jdk-installed deploy-tools-installed lint demo kafka-up kafka-down bench-ingest bench-pipeline bench-failover bench-chaos bench-priority bench-models bench-prefix bench-scale bench-engines clean
 
 # The dev extra brings llama-cpp-python, built from source once per machine (a few
 # minutes on 2 cores); pip keeps the built wheel in its cache for every later install.
@@ -28,32 +28,36 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check services tests
 	$(BIN)/mypy
 
-# The Prometheus integration test runs Debian's prometheus and promtool: installed here
-# when missing, so that `make test` alone sets up everything the suite needs.
-prometheus-installed:
-	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
+# $(call ensure-debs,COMMANDS,PACKAGES): Debian's PACKAGES installed when one of COMMANDS
+# is missing, so that a make target sets up what it needs on a fresh machine.
+define ensure-debs
+	@missing=""; for c in $(1); do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing $(2) (missing:$$missing)"; \
 	  SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO="sudo"; \
 	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(2); \
 	fi
+endef
+
+# The Prometheus integration test runs Debian's prometheus and promtool.
+prometheus-installed:
+	$(call ensure-debs,prometheus promtool,prometheus)
 
 # Some integration tests read and write topics with Debian's kcat, a client that shares
-# no code with kbatch: installed here when missing, like prometheus.
+# no code with kbatch.
 kcat-installed:
-	@if ! command -v kcat >/dev/null; then \
-	  SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO="sudo"; \
-	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends kcat; \
-	fi
+	$(call ensure-debs,kcat,kcat)
 
 # The test broker runs from Maven Central jars, and tests/interop builds a Java results
-# reader against Avro from Maven Central: a JDK and Maven, installed here when missing.
+# reader against Avro from Maven Central: a JDK and Maven.
 jdk-installed:
-	@if ! command -v java >/dev/null || ! command -v javac >/dev/null || ! command -v mvn >/dev/null; then \
-	  SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO="sudo"; \
-	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends default-jdk-headless maven; \
-	fi
+	$(call ensure-debs,java javac mvn,default-jdk-headless maven)
+
+# make test-deploy: a Docker engine (started by the script, stopped after), debootstrap for
+# the local base images, iptables to restore the rules dockerd changes.
+deploy-tools-installed:
+	$(call ensure-debs,dockerd debootstrap iptables-save iptables-restore,docker.io debootstrap iptables)
 
 # The test session starts its own broker (Maven Central jars) unless
 # KBATCH_BOOTSTRAP_SERVERS names a running one.
@@ -70,7 +74,7 @@ test-vllm: $(VLLM_STAMP)
 # Opt-in, not part of `make test`: deploy/compose.yaml with compose.cpu.yaml run on a real
 # Docker engine (the one that answers, else a dockerd started as root and stopped after).
 # Local stand-ins replace the upstream base images: see deploy/local/test-deploy.sh.
-test-deploy: $(STAMP)
+test-deploy: $(STAMP) deploy-tools-installed jdk-installed
 	deploy/local/test-deploy.sh
 
 # ENGINE=simulated|llamacpp|vllm|openai chooses; default: vllm with a GPU, else llamacpp.
