@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 VLLM_VENV  := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: test test-vllm test-deploy prometheus-installed kcat-installed jdk-installed deploy-tools-installed lint demo kafka-up kafka-down bench-ingest bench-pipeline bench-failover bench-chaos bench-priority bench-models bench-prefix bench-scale bench-engines clean
+.PHONY: test test-vllm test-deploy prometheus-installed kcat-installed jdk-installed deploy-tools-installed k8s-tools-installed test-k8s lint demo kafka-up kafka-down bench-ingest bench-pipeline bench-failover bench-chaos bench-priority bench-models bench-prefix bench-scale bench-engines clean
 
 # The dev extra brings llama-cpp-python, built from source once per machine (a few
 # minutes on 2 cores); pip keeps the built wheel in its cache for every later install.
@@ -59,6 +59,11 @@ jdk-installed:
 deploy-tools-installed:
 	$(call ensure-debs,dockerd debootstrap iptables-save iptables-restore,docker.io debootstrap iptables)
 
+# make test-k8s: the node's container runtime (a private containerd with runc), the CNI
+# plugins its pod network uses, openssl for the cluster's certificates.
+k8s-tools-installed:
+	$(call ensure-debs,containerd ctr runc openssl /usr/lib/cni/bridge /usr/lib/cni/firewall,containerd runc openssl containernetworking-plugins)
+
 # The test session starts its own broker (Maven Central jars) unless
 # KBATCH_BOOTSTRAP_SERVERS names a running one.
 # Two pytest workers, each with its own broker: the suite mostly waits (on Kafka, on
@@ -76,6 +81,11 @@ test-vllm: $(VLLM_STAMP)
 # Local stand-ins replace the upstream base images: see deploy/local/test-deploy.sh.
 test-deploy: $(STAMP) deploy-tools-installed jdk-installed
 	deploy/local/test-deploy.sh
+
+# Opt-in, not part of `make test`: deploy/k8s applied to a single-node Kubernetes built from
+# source and started here (root; ~15 min to build it the first time), torn down after.
+test-k8s: $(STAMP) deploy-tools-installed k8s-tools-installed jdk-installed
+	deploy/k8s/local/test-k8s.sh
 
 # ENGINE=simulated|llamacpp|vllm|openai chooses; default: vllm with a GPU, else llamacpp.
 demo: $(STAMP)

@@ -7,6 +7,9 @@
 # and ip_forward as they were. Upstream base images are replaced by local stand-ins built
 # from a debootstrap'ed Debian bookworm (deploy/local/*.Dockerfile): no registry needed.
 # Without a compose v2 plugin, one is built with Go into .kbatch/deploy (~/.docker untouched).
+#
+# `test-deploy.sh --images-to DIR` builds the same images and saves them into DIR as
+# docker-save archives, running no test (make test-k8s imports them into its cluster).
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -142,13 +145,28 @@ build_kbatch() {
   build -q -f deploy/Dockerfile "${base[@]}" --target llamacpp -t kbatch-llamacpp:latest .
 }
 
+IMAGES=(kbatch:latest kbatch-llamacpp:latest kbatch-local/kafka:4.1.2 kbatch-local/prometheus:bookworm)
+
+save_images() {
+  local dir=$1
+  mkdir -p "$dir"
+  for image in "${IMAGES[@]}"; do
+    log "saving $image"
+    docker save "$image" -o "$dir/$(tr '/:' '__' <<<"$image").tar"
+  done
+}
+
 start_engine
-ensure_compose
 log "building images"
 ensure_debian
 build_stand_ins
 ensure_llama_wheel
 build_kbatch
+if [[ ${1:-} == --images-to ]]; then
+  save_images "$2"
+  exit 0
+fi
+ensure_compose
 log "running tests/deploy"
 RUN_DEPLOY_TEST=1 COMPOSE_PROJECT_NAME=kbatch-deploy-test \
   KAFKA_IMAGE=kbatch-local/kafka:4.1.2 PROMETHEUS_IMAGE=kbatch-local/prometheus:bookworm \

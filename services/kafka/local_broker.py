@@ -8,6 +8,7 @@ repository cache (~/.m2) makes later copies local.
 from __future__ import annotations
 
 import base64
+import fcntl
 import os
 import shutil
 import signal
@@ -80,11 +81,22 @@ class BrokerLayout:
 
 
 def fetch_jars(layout: BrokerLayout) -> Path:
-    """Copy Kafka and its runtime dependencies from Maven Central (cached)."""
+    """Copy Kafka and its runtime dependencies from Maven Central (cached). Brokers
+    starting together (test workers, a cluster's nodes) share one cache: the first
+    fetches while the others wait on its lock, then find the cache complete."""
     marker = layout.jars / ".complete"
     pom = data_dir("kafka") / "pom.xml"
     if marker.exists() and marker.read_text() == pom.read_text():
         return layout.jars
+    layout.jars.parent.mkdir(parents=True, exist_ok=True)
+    with (layout.jars.parent / f"{layout.jars.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if marker.exists() and marker.read_text() == pom.read_text():
+            return layout.jars
+        return _fetch_jars_locked(layout, pom, marker)
+
+
+def _fetch_jars_locked(layout: BrokerLayout, pom: Path, marker: Path) -> Path:
     if shutil.which("mvn") is None:
         raise ConfigurationError("Maven (mvn) is needed to fetch the Kafka jars")
     if layout.jars.exists():

@@ -79,7 +79,7 @@ def output_of(response: dict[str, Any], chat: bool, evaluated: int | None) -> En
         completion_tokens=usage["completion_tokens"],
         text=text or "",
         finish_reason=choice.get("finish_reason"),
-        cached_tokens=max(0, prompt_tokens - (prompt_tokens if evaluated is None else evaluated)),
+        cached_tokens=0 if evaluated is None else max(0, prompt_tokens - evaluated),
     )
 
 
