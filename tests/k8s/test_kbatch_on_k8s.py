@@ -81,6 +81,8 @@ def storage() -> str:
     """A hostPath volume for ingest's claim: this cluster has no storage provisioner."""
     path = REPO_ROOT / ".kbatch" / "k8s" / "run" / "volumes" / "kbatch-files"
     path.mkdir(parents=True, exist_ok=True)
+    # A hostPath volume ignores fsGroup: owned by the pods' user, as a provisioner's would be.
+    os.chown(path, 65534, 65534)
     return json.dumps(
         {
             "apiVersion": "v1",
@@ -218,3 +220,15 @@ def test_prometheus_in_the_cluster_scrapes_every_kbatch_pod(ingest: openai.OpenA
         wait_for(all_up, 180, "Prometheus scraping every kbatch pod", 2.0)
     finally:
         forward.close()
+
+
+def test_the_gpu_base_is_accepted_by_the_api_server(ingest: openai.OpenAI) -> None:
+    """The vLLM workers' GPU request and toleration pass the API server's validation and
+    defaulting (no device plugin runs here, so they cannot be scheduled)."""
+    listed = json.loads(kubectl("apply", "--dry-run=server", "-k", str(K8S / "base"), "-o", "json"))
+    [workers] = [i for i in listed["items"] if i["kind"] == "StatefulSet"]
+    pod = workers["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
+        "tolerations"
+    ]
