@@ -130,6 +130,15 @@ def ingest() -> Iterator[openai.OpenAI]:
             (logs / f"{workload.replace('/', '-')}.log").write_text(
                 kubectl("logs", workload, "--all-containers", "--tail=2000", check=False)
             )
+        subprocess.run(
+            [os.environ.get("KUBECTL", "kubectl"), "delete", "namespace", NAMESPACE,
+             "--wait=true", "--timeout=180s"],
+            capture_output=True, check=False,
+        )  # fmt: skip
+        subprocess.run(
+            [os.environ.get("KUBECTL", "kubectl"), "delete", "pv", "kbatch-files"],
+            capture_output=True, check=False,
+        )  # fmt: skip
 
 
 def pods(selector: str) -> list[dict[str, Any]]:
@@ -148,7 +157,7 @@ def test_every_workload_rolls_out_and_passes_its_probes(ingest: openai.OpenAI) -
             assert conditions["Ready"] == "True", (app, pod["status"])
     # Ingest reached the scheduler (kbatch-scheduler:8070) and Kafka (kafka:9092) by name:
     # it lists the tiny model with the workers the scheduler sees.
-    assert [m.id for m in ingest.models.list()] == ["kbatch-tiny"]
+    assert "kbatch-tiny" in {m.id for m in ingest.models.list()}
 
 
 def test_a_batch_is_answered_by_the_worker_pods(ingest: openai.OpenAI, tmp_path: Path) -> None:
@@ -163,9 +172,12 @@ def test_a_batch_is_answered_by_the_worker_pods(ingest: openai.OpenAI, tmp_path:
 
 
 def under_way(client: openai.OpenAI, batch_id: str) -> bool:
+    """Some of the batch answered, most of it not: the moment to disrupt it."""
     batch = client.batches.retrieve(batch_id)
     counts = batch.request_counts
-    return batch.status == "in_progress" and counts is not None and counts.completed > 0
+    if batch.status in ("completed", "failed", "expired", "cancelled"):
+        raise AssertionError(f"the batch ended before it could be disrupted: {batch}")
+    return counts is not None and 0 < counts.completed < counts.total // 2
 
 
 def in_progress(client: openai.OpenAI, batch_id: str) -> None:
@@ -175,8 +187,8 @@ def in_progress(client: openai.OpenAI, batch_id: str) -> None:
 def test_a_deleted_worker_pod_is_replaced_and_the_batch_completes_once(
     ingest: openai.OpenAI, tmp_path: Path
 ) -> None:
-    ids = [f"deleted-{i:03d}" for i in range(60)]
-    batch_id = submit(ingest, tmp_path, ids, max_tokens=32)
+    ids = [f"deleted-{i:03d}" for i in range(400)]
+    batch_id = submit(ingest, tmp_path, ids, max_tokens=48)
     in_progress(ingest, batch_id)
     [before] = [p["metadata"]["uid"] for p in pods("app=kbatch-inference")
                 if p["metadata"]["name"] == "kbatch-inference-0"]  # fmt: skip
@@ -192,8 +204,8 @@ def test_a_deleted_worker_pod_is_replaced_and_the_batch_completes_once(
 def test_a_rollout_restart_of_the_workers_mid_batch_loses_nothing(
     ingest: openai.OpenAI, tmp_path: Path
 ) -> None:
-    ids = [f"restart-{i:03d}" for i in range(60)]
-    batch_id = submit(ingest, tmp_path, ids, max_tokens=32)
+    ids = [f"restart-{i:03d}" for i in range(400)]
+    batch_id = submit(ingest, tmp_path, ids, max_tokens=48)
     in_progress(ingest, batch_id)
     kubectl("rollout", "restart", "statefulset/kbatch-inference")
     batch = finished(ingest, batch_id, 600)
@@ -205,19 +217,24 @@ def test_prometheus_in_the_cluster_scrapes_every_kbatch_pod(ingest: openai.OpenA
     kubectl("apply", "-f", str(K8S / "local" / "prometheus.yaml"))
     kubectl("rollout", "status", "deployment/prometheus", "--timeout=300s")
     forward = PortForward("prometheus", 9090)
+    workers = {f"{p['status']['podIP']}:8090" for p in pods("app=kbatch-inference")}
     try:
-        expected = {p["metadata"]["name"] for app in ("kbatch-ingest", "kbatch-scheduler",
-                    "kbatch-inference") for p in pods(f"app={app}")}  # fmt: skip
 
         def all_up() -> bool:
             try:
                 active = httpx.get(f"{forward.url}/api/v1/targets", timeout=5).json()["data"]
             except (httpx.HTTPError, ValueError, KeyError):
                 return False
-            up = {t["labels"].get("pod") for t in active["activeTargets"] if t["health"] == "up"}
-            return expected <= up
+            up = {
+                (t["labels"]["job"], t["labels"]["instance"])
+                for t in active["activeTargets"]
+                if t["health"] == "up"
+            }
+            jobs = {job for job, _ in up}
+            scraped = {instance for job, instance in up if job == "kbatch-inference"}
+            return {"kbatch-ingest", "kbatch-scheduler"} <= jobs and scraped == workers
 
-        wait_for(all_up, 180, "Prometheus scraping every kbatch pod", 2.0)
+        wait_for(all_up, 180, "Prometheus scraping ingest, the scheduler and every worker", 2.0)
     finally:
         forward.close()
 

@@ -103,6 +103,13 @@ remember_host() {
     value=$(sysctl -n "$key" 2>/dev/null) && echo "$key=$value" >>"$RUN/sysctl.before"
   done
   sysctl -qw net.ipv4.ip_forward=1
+  # A service address kube-proxy has not (yet) mapped to a pod must fail as in any cluster.
+  # Here it would leave by the default route, and this host's network answers anything:
+  # a client kept an HTTP connection to that answer and read 404s from it for good.
+  for chain in FORWARD OUTPUT; do
+    iptables -I "$chain" 1 -d "$SERVICE_CIDR" -p tcp -j REJECT --reject-with tcp-reset
+    iptables -I "$chain" 2 -d "$SERVICE_CIDR" -j REJECT
+  done
 }
 
 control_plane() {
