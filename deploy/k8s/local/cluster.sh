@@ -215,7 +215,16 @@ down() {
     [[ -d $group ]] && find "$group" -depth -type d -exec rmdir {} \; 2>/dev/null || true
   done
   grep " $RUN" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l || true
-  if [[ -f $RUN/iptables.before ]]; then iptables-restore <"$RUN/iptables.before"; fi
+  if [[ -f $RUN/iptables.before ]]; then
+    iptables-restore <"$RUN/iptables.before"
+    # A table the snapshot lacks was empty before (never loaded): the kubelet's chains
+    # there (mangle's KUBE-IPTABLES-HINT, KUBE-KUBELET-CANARY) go too.
+    for table in filter nat mangle raw; do
+      grep -q "^\*$table" "$RUN/iptables.before" && continue
+      iptables -t "$table" -F 2>/dev/null || true
+      iptables -t "$table" -X 2>/dev/null || true
+    done
+  fi
   if [[ -f $RUN/sysctl.before ]]; then
     while IFS= read -r setting; do sysctl -qw "$setting" || true; done <"$RUN/sysctl.before"
   fi
