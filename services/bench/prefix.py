@@ -44,8 +44,11 @@ LANES = {"high_partitions": 1, "normal_partitions": 8, "low_partitions": 1}
 ENGINE = {"ENGINE": "llamacpp", "LLAMACPP__N_THREADS": "1"}
 
 
-def job(seed: int, prompts: int, questions: int, system_chars: int) -> list[dict[str, Any]]:
-    """`prompts` system prompts of `system_chars` characters x `questions`, shuffled."""
+def job(
+    seed: int, prompts: int, questions: int, system_chars: int, max_tokens: int = MAX_TOKENS
+) -> list[dict[str, Any]]:
+    """`prompts` system prompts of `system_chars` characters x `questions`, shuffled,
+    greedy (tests/integration/test_prefix.py runs a small one)."""
     rng = random.Random(seed)
     systems = [
         " ".join(rng.choice(["alpha", "kafka", "batch", "cache", "token"]) for _ in range(400))[
@@ -64,7 +67,7 @@ def job(seed: int, prompts: int, questions: int, system_chars: int) -> list[dict
                     {"role": "system", "content": systems[p]},
                     {"role": "user", "content": f"Question {q}: {rng.randint(0, 10**6)}?"},
                 ],
-                "max_tokens": MAX_TOKENS,
+                "max_tokens": max_tokens,
                 "temperature": 0,
             },
         }

@@ -4,13 +4,13 @@ the same llama.cpp cache, and every result says how many prompt tokens it took f
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
+from services.bench.prefix import job
 from services.harness.kafka import unique_topics, wait_for
 from services.harness.pipeline import (
     ingest_env,
@@ -33,31 +33,8 @@ SYSTEM_CHARS = 1500  # ~1,500 tokens: the tiny model's tokenizer is byte-level
 
 
 def job_lines(seed: int) -> list[str]:
-    """4 long system prompts x 20 short questions, shuffled, greedy."""
-    rng = random.Random(seed)
-    systems = ["".join(rng.choice("abcdefgh ") for _ in range(SYSTEM_CHARS)) for _ in range(4)]
-    lines = [
-        json.dumps(
-            {
-                "custom_id": f"p{p}-q{q}",
-                "method": "POST",
-                "url": "/v1/chat/completions",
-                "body": {
-                    "model": TINY,
-                    "messages": [
-                        {"role": "system", "content": systems[p]},
-                        {"role": "user", "content": f"Question {q}: what follows {q * 7}?"},
-                    ],
-                    "max_tokens": 4,
-                    "temperature": 0,
-                },
-            }
-        )
-        for p in range(PROMPTS)
-        for q in range(QUESTIONS)
-    ]
-    rng.shuffle(lines)
-    return lines
+    """4 long system prompts x 20 short questions, shuffled, greedy: the bench's job, small."""
+    return [json.dumps(line) for line in job(seed, PROMPTS, QUESTIONS, SYSTEM_CHARS, 4)]
 
 
 def run_batch(

@@ -16,7 +16,7 @@ import json
 import os
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -180,37 +180,50 @@ def under_way(client: openai.OpenAI, batch_id: str) -> bool:
     return counts is not None and 0 < counts.completed < counts.total // 2
 
 
-def in_progress(client: openai.OpenAI, batch_id: str) -> None:
-    wait_for(lambda: under_way(client, batch_id), 180, "the batch under way", 0.2)
+def disrupted_batch(
+    ingest: openai.OpenAI, tmp_path: Path, name: str, disrupt: Callable[[], object]
+) -> None:
+    """A 400-line batch, disrupted once it is under way: it still ends with every line
+    answered once."""
+    ids = [f"{name}-{i:03d}" for i in range(400)]
+    batch_id = submit(ingest, tmp_path, ids, max_tokens=48)
+    wait_for(lambda: under_way(ingest, batch_id), 180, "the batch under way", 0.2)
+    disrupt()
+    batch = finished(ingest, batch_id, 600)
+    assert_answered_by_llamacpp(ingest, batch, ids)
+    kubectl("rollout", "status", "statefulset/kbatch-inference", "--timeout=300s")
+
+
+def worker_uid(name: str) -> str:
+    [uid] = [p["metadata"]["uid"] for p in pods("app=kbatch-inference")
+             if p["metadata"]["name"] == name]  # fmt: skip
+    return str(uid)
 
 
 def test_a_deleted_worker_pod_is_replaced_and_the_batch_completes_once(
     ingest: openai.OpenAI, tmp_path: Path
 ) -> None:
-    ids = [f"deleted-{i:03d}" for i in range(400)]
-    batch_id = submit(ingest, tmp_path, ids, max_tokens=48)
-    in_progress(ingest, batch_id)
-    [before] = [p["metadata"]["uid"] for p in pods("app=kbatch-inference")
-                if p["metadata"]["name"] == "kbatch-inference-0"]  # fmt: skip
-    kubectl("delete", "pod", "kbatch-inference-0", "--wait=false")
-    batch = finished(ingest, batch_id, 600)
-    assert_answered_by_llamacpp(ingest, batch, ids)
-    kubectl("rollout", "status", "statefulset/kbatch-inference", "--timeout=300s")
-    [after] = [p["metadata"]["uid"] for p in pods("app=kbatch-inference")
-               if p["metadata"]["name"] == "kbatch-inference-0"]  # fmt: skip
-    assert after != before
+    before = worker_uid("kbatch-inference-0")
+    disrupted_batch(
+        ingest,
+        tmp_path,
+        "deleted",
+        lambda: kubectl("delete", "pod", "kbatch-inference-0", "--wait=false"),
+    )
+    assert worker_uid("kbatch-inference-0") != before
 
 
 def test_a_rollout_restart_of_the_workers_mid_batch_loses_nothing(
     ingest: openai.OpenAI, tmp_path: Path
 ) -> None:
-    ids = [f"restart-{i:03d}" for i in range(400)]
-    batch_id = submit(ingest, tmp_path, ids, max_tokens=48)
-    in_progress(ingest, batch_id)
-    kubectl("rollout", "restart", "statefulset/kbatch-inference")
-    batch = finished(ingest, batch_id, 600)
-    assert_answered_by_llamacpp(ingest, batch, ids)
-    kubectl("rollout", "status", "statefulset/kbatch-inference", "--timeout=300s")
+    restarted = [p["metadata"]["uid"] for p in pods("app=kbatch-inference")]
+    disrupted_batch(
+        ingest,
+        tmp_path,
+        "restart",
+        lambda: kubectl("rollout", "restart", "statefulset/kbatch-inference"),
+    )
+    assert not set(restarted) & {p["metadata"]["uid"] for p in pods("app=kbatch-inference")}
 
 
 def test_prometheus_in_the_cluster_scrapes_every_kbatch_pod(ingest: openai.OpenAI) -> None:
