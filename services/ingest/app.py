@@ -24,8 +24,8 @@ from services.collector.collector import Collector
 from services.collector.files import FileStore
 from services.ingest import metrics
 from services.ingest.admission.ledger import JobLedger
-from services.ingest.admission.pipeline import AdmissionPipeline, PrefixAffinity
-from services.ingest.admission.prefix_placement import PrefixPlacement
+from services.ingest.admission.pipeline import AdmissionPipeline
+from services.ingest.admission.prefix_placement import prefix_affinity
 from services.ingest.admission.submissions import SubmissionConsumer, SubmissionSetup
 from services.ingest.admission.upload import Publishing, Upload
 from services.ingest.admission.validation import Limits, RequestContext
@@ -102,16 +102,6 @@ class IngestService:
             async with self._serving(app):
                 yield
 
-    def _prefix_affinity(self, backlog: BacklogMonitor) -> PrefixAffinity | None:
-        if not self.options.prefix_affinity:
-            return None
-        placement = PrefixPlacement(
-            self.settings.topics.request_layout(),
-            lambda: backlog.partitions,
-            self.options.prefix_load_factor,
-        )
-        return PrefixAffinity(placement, self.options.prefix_completion_chars)
-
     @asynccontextmanager
     async def _serving(self, _app: Starlette) -> AsyncIterator[None]:
         topics = self.settings.topics
@@ -146,7 +136,13 @@ class IngestService:
                 Limits(self.registry.names(), self.options.max_max_tokens),
                 max_line_bytes=self.options.max_line_bytes,
                 max_lines_per_job=self.options.max_lines_per_job,
-                prefix_affinity=self._prefix_affinity(backlog),
+                prefix_affinity=prefix_affinity(
+                    self.options.prefix_affinity,
+                    topics.request_layout(),
+                    lambda: backlog.partitions,
+                    self.options.prefix_load_factor,
+                    self.options.prefix_completion_chars,
+                ),
             )
             self.publishing = Publishing(producer, backlog, pipeline, self.options)
             following_models = asyncio.create_task(

@@ -8,8 +8,8 @@ from collections import Counter
 
 from services.ingest.admission.ledger import JobLedger
 from services.ingest.admission.lines import RawLine
-from services.ingest.admission.pipeline import AdmissionPipeline, Admitted, PrefixAffinity
-from services.ingest.admission.prefix_placement import PrefixPlacement
+from services.ingest.admission.pipeline import AdmissionPipeline, Admitted
+from services.ingest.admission.prefix_placement import PrefixAffinity, PrefixPlacement
 from services.ingest.admission.validation import Limits, RequestContext
 from services.lanes import Lane, LaneLayout
 from services.prefix import PREFIX_HEADER, prefix_key

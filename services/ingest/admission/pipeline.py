@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 from services.codec import REQUEST, codec
 from services.ingest.admission.ledger import JobLedger
 from services.ingest.admission.lines import RawLine
-from services.ingest.admission.prefix_placement import PrefixPlacement
+from services.ingest.admission.prefix_placement import PrefixAffinity
 from services.ingest.admission.validation import Limits, Rejection, RequestContext, parse_line
 from services.kafka.transactions import OutRecord
 from services.lanes import Lane
@@ -48,14 +48,6 @@ class Placement(NamedTuple):
     topic: str
     partition: int
     prefix_key: str | None = None
-
-
-@dataclass(frozen=True)
-class PrefixAffinity:
-    """Placement by prompt prefix (services/prefix.py); None in the pipeline: by id."""
-
-    placement: PrefixPlacement
-    completion_chars: int
 
 
 class AdmissionPipeline:

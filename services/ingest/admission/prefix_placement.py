@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from services.lanes import Lane
 from services.prefix import bounded_partition
@@ -41,3 +42,24 @@ class PrefixPlacement:
             chosen = cell[bounded_partition(key, loads, self._load_factor)]
             self._placed[chosen] += 1
         return chosen
+
+
+@dataclass(frozen=True)
+class PrefixAffinity:
+    """Placement by prompt prefix (services/prefix.py); None in the pipeline: by id."""
+
+    placement: PrefixPlacement
+    completion_chars: int
+
+
+def prefix_affinity(
+    enabled: bool,
+    layout: RequestLayout,
+    measured: Measured,
+    load_factor: float,
+    completion_chars: int,
+) -> PrefixAffinity | None:
+    """What ingest's settings ask for (KBATCH_INGEST__PREFIX_AFFINITY and its bounds)."""
+    if not enabled:
+        return None
+    return PrefixAffinity(PrefixPlacement(layout, measured, load_factor), completion_chars)
