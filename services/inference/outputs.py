@@ -28,20 +28,16 @@ class Origin:
 REPLAYS_HEADER = "kbatch-replays"
 
 
-def replays_of(message: Any) -> int:
-    """The replay count a request carries (set by `kbatch dlq replay`); 0 if none."""
+def origin_of(message: Any, topic: str, partition: int, offset: int) -> Origin:
+    """A fetched request record's origin, with what its headers carry: how often the DLQ
+    replay tool republished it, and the prefix key ingest gave it."""
+    replays, prefix_key = 0, None
     for name, value in message.headers() or ():
         if name == REPLAYS_HEADER and value:
-            return int(value)
-    return 0
-
-
-def prefix_key_of(message: Any) -> str | None:
-    """The prefix key ingest gave a request (services/prefix.py); None if none."""
-    for name, value in message.headers() or ():
-        if name == PREFIX_HEADER and value:
-            return bytes(value).decode("ascii", errors="replace")
-    return None
+            replays = int(value)
+        elif name == PREFIX_HEADER and value:
+            prefix_key = bytes(value).decode("ascii", errors="replace")
+    return Origin(topic, partition, offset, message.key(), message.value(), replays, prefix_key)
 
 
 def _now_ms() -> int:

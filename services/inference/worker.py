@@ -44,8 +44,7 @@ from services.inference.outputs import (
     Origin,
     cancelled_record,
     dead_letter_record,
-    prefix_key_of,
-    replays_of,
+    origin_of,
 )
 from services.inference.ownership import Assignment, OwnedPartition, Ownership
 from services.inference.request_partitions import PartitionKey, RequestPartitions
@@ -272,14 +271,8 @@ class Worker:
         part = running.ownership.owned.get(key)
         if part is None or part.releasing:
             return  # fetched before the partition was released: its new owner reads it
-        origin = Origin(
-            self.requests.topic_of(key),
-            self.requests.partition_of(key),
-            offset,
-            message.key(),
-            message.value(),
-            replays_of(message),
-            prefix_key_of(message),
+        origin = origin_of(
+            message, self.requests.topic_of(key), self.requests.partition_of(key), offset
         )
         part.progress.started(offset)
         if starts_now(part.lane_rank, round_.busy_rank, round_.owed):
