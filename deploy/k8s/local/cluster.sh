@@ -103,9 +103,14 @@ remember_host() {
     value=$(sysctl -n "$key" 2>/dev/null) && echo "$key=$value" >>"$RUN/sysctl.before"
   done
   sysctl -qw net.ipv4.ip_forward=1
-  # A service address kube-proxy has not (yet) mapped to a pod must fail as in any cluster.
-  # Here it would leave by the default route, and this host's network answers anything:
-  # a client kept an HTTP connection to that answer and read 404s from it for good.
+}
+
+# A service address kube-proxy has not (yet) mapped to a pod must fail as in any cluster.
+# Here it would leave by the default route, and this host's network answers anything: a
+# client kept an HTTP connection to that answer and read 404s from it for good. Inserted
+# once the first pod is up: ahead of the CNI plugin's FORWARD rules, which accept
+# whatever a pod sends, and which it adds with that first pod.
+reject_unmapped_services() {
   for chain in FORWARD OUTPUT; do
     iptables -I "$chain" 1 -d "$SERVICE_CIDR" -p tcp -j REJECT --reject-with tcp-reset
     iptables -I "$chain" 2 -d "$SERVICE_CIDR" -j REJECT
@@ -165,6 +170,7 @@ node() {
   render "$LOCAL/coredns.yaml" "$RUN/coredns.yaml"
   kubectl apply -f "$RUN/coredns.yaml" >/dev/null
   kubectl -n kube-system rollout status deployment/coredns --timeout 120s >/dev/null
+  reject_unmapped_services
 }
 
 up() {
