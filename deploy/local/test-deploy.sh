@@ -22,6 +22,9 @@ ENGINE=$STATE/docker
 EXEC_ROOT=/tmp/kbatch-dockerd-exec
 mkdir -p "$STATE"
 
+# shellcheck source=deploy/local/iptables.sh
+source "$REPO/deploy/local/iptables.sh"
+
 log() { printf '[test-deploy %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
 DOCKERD_PID=""
@@ -42,7 +45,7 @@ cleanup() {
     if ! iptables-save | grep -v '^#' | sed 's/\[[0-9:]*\]//' |
       cmp -s - <(grep -v '^#' "$ENGINE/iptables.before" | sed 's/\[[0-9:]*\]//'); then
       log "restoring the iptables rules found before dockerd started"
-      iptables-restore <"$ENGINE/iptables.before"
+      restore_iptables "$ENGINE/iptables.before"
     fi
     sysctl -qw "net.ipv4.ip_forward=$(cat "$ENGINE/ip_forward.before")"
   fi

@@ -28,6 +28,9 @@ DNS_IP=10.96.0.10
 CTR=(ctr --address "$RUN/containerd/containerd.sock" -n k8s.io)
 export KUBECONFIG=$RUN/pki/admin.kubeconfig
 
+# shellcheck source=deploy/local/iptables.sh
+source "$REPO/deploy/local/iptables.sh"
+
 log() { printf '[k8s %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 kubectl() { "$BIN/kubectl" "$@"; }
 
@@ -221,16 +224,7 @@ down() {
     [[ -d $group ]] && find "$group" -depth -type d -exec rmdir {} \; 2>/dev/null || true
   done
   grep " $RUN" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l || true
-  if [[ -f $RUN/iptables.before ]]; then
-    iptables-restore <"$RUN/iptables.before"
-    # A table the snapshot lacks was empty before (never loaded): the kubelet's chains
-    # there (mangle's KUBE-IPTABLES-HINT, KUBE-KUBELET-CANARY) go too.
-    for table in filter nat mangle raw; do
-      grep -q "^\*$table" "$RUN/iptables.before" && continue
-      iptables -t "$table" -F 2>/dev/null || true
-      iptables -t "$table" -X 2>/dev/null || true
-    done
-  fi
+  if [[ -f $RUN/iptables.before ]]; then restore_iptables "$RUN/iptables.before"; fi
   if [[ -f $RUN/sysctl.before ]]; then
     while IFS= read -r setting; do sysctl -qw "$setting" || true; done <"$RUN/sysctl.before"
   fi
