@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import typer
 
-from services.bench.measure import OutOption, bench_broker, emit, run_facts
+from services.bench.measure import STATE, OutOption, bench_broker, emit, run_facts
 from services.codec import results_codec
 from services.harness.kafka import read_topic, unique_topics, wait_for
 from services.harness.pipeline import (
@@ -159,7 +159,7 @@ def worker_pair(
 def measure(
     out: Path, prompts: int, questions: int, system_chars: int, runs: int
 ) -> dict[str, Any]:
-    model = ensure_tiny_model(Path(".kbatch") / "models", context=CONTEXT)
+    model = ensure_tiny_model(STATE / "models", context=CONTEXT)
     on: list[dict[str, Any]] = []
     off: list[dict[str, Any]] = []
     with bench_broker() as bootstrap:
